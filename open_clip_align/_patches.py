@@ -1,0 +1,154 @@
+"""Every patch this package makes to open_clip and open_clip_train lives here.
+
+Two seams:
+
+* ``install()`` — at ``import open_clip_align``: registers ``model_configs/`` with open_clip and wraps
+  ``create_model`` (both ``open_clip.create_model`` and ``open_clip.factory.create_model``) so configs with an
+  ``open_clip_align`` block build plugin classes; every other name reaches the original untouched.
+* ``training_hooks()`` — for the duration of one ``open_clip_train.main.main`` call: our argument pre-parser,
+  loss dispatch, hard-negative data, model set-up for the chosen loss, and a DDP that accepts CPU modules.
+"""
+import argparse
+import contextlib
+import functools
+import logging
+from pathlib import Path
+
+import open_clip
+import open_clip.factory as oc_factory
+import torch
+
+from . import losses
+from .models import HardNegCLIP, create_plugin_model, plugin_block
+from .params import add_plugin_args, build_preparser
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+_WRAPPED = "_open_clip_align_wrapped"
+
+
+class PluginUsageError(ValueError):
+    """A flag combination the plugin cannot run; the message says which flags and what to do."""
+
+
+def _wrap_create_model(original):
+    @functools.wraps(original)
+    def create_model(model_name, *args, **kwargs):
+        if plugin_block(model_name) is not None:
+            return create_plugin_model(model_name, *args, **kwargs)
+        return original(model_name, *args, **kwargs)
+
+    setattr(create_model, _WRAPPED, original)
+    return create_model
+
+
+def install() -> None:
+    """Register configs and wrap ``create_model``; safe to call more than once."""
+    if str(CONFIG_DIR) not in [str(p) for p in oc_factory._MODEL_CONFIG_PATHS]:
+        open_clip.add_model_config(CONFIG_DIR)
+    if not hasattr(oc_factory.create_model, _WRAPPED):
+        oc_factory.create_model = _wrap_create_model(oc_factory.create_model)
+    open_clip.create_model = oc_factory.create_model
+
+
+# ---------------------------------------------------------------- training hooks
+
+def _print_plugin_help() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.main", add_help=False,
+        description="open_clip_train's training loop with open_clip_align's flags (listed first); "
+                    "all of open_clip_train's own flags follow.")
+    add_plugin_args(parser)
+    parser.print_help()
+    print()
+
+
+def _parse_args(original_parse_args, state, argv):
+    argv = list(argv)
+    if argv[:1] == ["--"]:  # torchrun needs `-m training.main -- --logs X` (its own --logs-specs clashes)
+        argv = argv[1:]
+    if "-h" in argv or "--help" in argv:
+        _print_plugin_help()
+        return original_parse_args(argv)
+    pre = build_preparser()
+    ours, rest = pre.parse_known_args(argv)
+    if ours.loss not in losses.list_losses():
+        pre.error(f"argument --loss: unknown loss {ours.loss!r}; registered losses: "
+                  f"{', '.join(losses.list_losses())}")
+    if ours.num_hardneg < 1:
+        pre.error(f"argument --num-hardneg: expected K >= 1, got {ours.num_hardneg}")
+    if losses.loss_uses_hardneg(ours.loss) and ours.hardneg_format == "none":
+        pre.error(f"--loss {ours.loss} trains on hard negative captions: give --train-data with "
+                  f"--hardneg-format (csv, degla-json, jsonl or wds)")
+    args = original_parse_args(rest)
+    for key, value in vars(ours).items():
+        setattr(args, key, value)
+    if args.precision == "amp" and not torch.cuda.is_available():
+        logging.warning("No GPU: --precision amp (fp16 autocast) is 50-100x slower on CPU; use --precision fp32")
+    state["args"] = args
+    return args
+
+
+def _create_model_and_transforms(original, state, *args, **kwargs):
+    model, preprocess_train, preprocess_val = original(*args, **kwargs)
+    run_args = state["args"]
+    needs_model = losses.loss_uses_hardneg(run_args.loss) or run_args.hardneg_format != "none"
+    if needs_model and not isinstance(model, HardNegCLIP):
+        plugin_names = [m for m in open_clip.list_models() if (plugin_block(m) or {}).get("arch") == "hardneg"]
+        raise PluginUsageError(
+            f"--model {run_args.model} is a plain open_clip model, but --loss {run_args.loss} / --hardneg-format "
+            f"{run_args.hardneg_format} feed it [B, 1+K, L] text; use a hard-negative model such as "
+            f"{', '.join(plugin_names)} (same weights, pretrained tags resolve through the base model)")
+    if isinstance(model, HardNegCLIP):
+        model.emit_hardneg = losses.loss_uses_hardneg(run_args.loss)
+    return model, preprocess_train, preprocess_val
+
+
+def _get_data(original, args, preprocess_fns, epoch=0, tokenizer=None):
+    if args.hardneg_format == "none":
+        return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+    from .data.hardneg import get_hardneg_train_data
+
+    rest_args = argparse.Namespace(**vars(args))
+    rest_args.train_data = None
+    if rest_args.dataset_type == "synthetic":
+        rest_args.dataset_type = "auto"
+    data = original(rest_args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+    data["train"] = get_hardneg_train_data(args, preprocess_fns[0], tokenizer, epoch=epoch)
+    return data
+
+
+def _create_loss(args):
+    return losses.create_loss(args.loss, args)
+
+
+class CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that drops ``device_ids`` for CPU modules (open_clip_train passes them unconditionally)."""
+
+    def __init__(self, module, device_ids=None, *args, **kwargs):
+        if device_ids is not None and next(module.parameters()).device.type == "cpu":
+            device_ids = None
+        super().__init__(module, device_ids, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def training_hooks():
+    """Patch open_clip_train.main's collaborators for one call of its ``main``; restore them afterwards."""
+    import open_clip_train.main as train_main
+
+    state = {}
+    patches = [
+        (train_main, "parse_args", functools.partial(_parse_args, train_main.parse_args, state)),
+        (train_main, "create_model_and_transforms",
+         functools.partial(_create_model_and_transforms, train_main.create_model_and_transforms, state)),
+        (train_main, "get_data", functools.partial(_get_data, train_main.get_data)),
+        (train_main, "create_loss", _create_loss),
+        (torch.nn.parallel, "DistributedDataParallel", CpuSafeDDP),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield state
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)

