@@ -1,0 +1,1 @@
+"""Evaluation: scorers on tensors, and benchmark adapters built on them."""

@@ -1,0 +1,84 @@
+"""NegCLIP loss against a direct per-row implementation, and its degenerate cases."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+from open_clip_align.losses import NegCLIPLoss, negclip_logits
+
+
+def _features(n=8, k=4, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    norm = lambda *shape: F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+    return norm(n, d), norm(n, d), norm(n, k, d)
+
+
+def _loop_negclip(image, text, neg, valid, scale):
+    """The NegCLIP equations row by row: image→text over all positives and valid negatives, text→image."""
+    n, k = neg.shape[:2]
+    i2t = 0.0
+    for i in range(n):
+        cols = [scale * image[i] @ text[j] for j in range(n)]
+        cols += [scale * image[i] @ neg[m, c] for m in range(n) for c in range(k) if valid[m, c]]
+        i2t += -(cols[i] - torch.logsumexp(torch.stack(cols), 0))
+    t2i = 0.0
+    for i in range(n):
+        rows = torch.stack([scale * text[i] @ image[j] for j in range(n)])
+        t2i += -(rows[i] - torch.logsumexp(rows, 0))
+    return (i2t / n + t2i / n) / 2
+
+
+def test_negclip_matches_per_row_loop():
+    image, text, neg = _features()
+    valid = torch.ones(8, 4, dtype=torch.bool)
+    scale = torch.tensor(14.3, dtype=torch.float64)
+    got = NegCLIPLoss()(image, text, scale, neg_text_features=neg, neg_text_valid=valid, output_dict=True)
+    assert set(got) == {"contrastive_loss"}
+    torch.testing.assert_close(got["contrastive_loss"].double(), _loop_negclip(image, text, neg, valid, scale),
+                               atol=1e-5, rtol=0)
+
+
+def test_negatives_are_image_major_extra_columns():
+    image, text, neg = _features(n=3, k=2)
+    logits = negclip_logits(image, text, neg, None, torch.tensor(1.0, dtype=torch.float64))
+    assert logits.shape == (3, 3 + 3 * 2)
+    n, k = 3, 2
+    for m in range(n):
+        for c in range(k):
+            torch.testing.assert_close(logits[:, n + m * k + c], image @ neg[m, c])
+
+
+def test_invalid_negatives_are_masked_like_absent_ones():
+    image, text, neg = _features()
+    valid = torch.rand(8, 4, generator=torch.Generator().manual_seed(3)) > 0.4
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    got = NegCLIPLoss()(image, text, scale, neg_text_features=neg, neg_text_valid=valid)
+    torch.testing.assert_close(got.double(), _loop_negclip(image, text, neg, valid, scale), atol=1e-5, rtol=0)
+
+
+def test_without_negatives_it_is_open_clip_clip_loss():
+    image, text, _ = _features()
+    scale = torch.tensor(20.0)
+    ours = NegCLIPLoss()(image.float(), text.float(), scale)
+    theirs = ClipLoss()(image.float(), text.float(), scale)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_hand_computed_two_sample_value():
+    # orthonormal images/texts: s=1, positives on the diagonal, one negative equal to the other image's text
+    image = torch.eye(2)
+    text = torch.eye(2)
+    neg = torch.stack([torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])])  # [2,1,2]
+    loss = NegCLIPLoss()(image, text, torch.tensor(1.0), neg_text_features=neg)
+    # image 0 columns: [1, 0, 1, 1] -> -log(e/(3e+1)); image 1: [0, 1, 0, 0] -> -log(e/(e+3))
+    i2t = (-math.log(math.e / (3 * math.e + 1)) - math.log(math.e / (math.e + 3))) / 2
+    t2i = -math.log(math.e / (math.e + 1))
+    assert loss.item() == pytest.approx((i2t + t2i) / 2, abs=1e-6)
+
+
+def test_gradients_reach_negatives():
+    image, text, neg = (t.float().requires_grad_() for t in _features())
+    NegCLIPLoss()(image, text, torch.tensor(10.0), neg_text_features=neg).backward()
+    assert neg.grad.abs().sum() > 0 and image.grad.abs().sum() > 0
