@@ -58,7 +58,7 @@ def test_plugin_names_build_plugin_classes_through_every_entry(entry, tmp_path):
     model = result[0] if isinstance(result, tuple) else result
     assert isinstance(model, HardNegCLIP)
     assert model.visual.preprocess_cfg["size"] == (64, 64)
-    assert open_clip.get_tokenizer("shapes-tiny-ViT")(["a red circle"]).shape == (1, 32)
+    assert open_clip.get_tokenizer("shapes-tiny-ViT")(["a red circle"]).shape == (1, 24)
 
 
 def test_hardneg_forward_layout_and_values():

@@ -18,9 +18,10 @@ Outputs under DIR (every path written inside a file is relative to that file's d
                             [{"image", "image_id", "original", "enhanced", "types"}, ...]
   train-wds/shard-*.tar     the same rows as webdataset shards: KEY.png, KEY.txt (the positive caption),
                             KEY.json ({"original", "enhanced", "types"}); sizes.json gives the shard sizes
-  images/pretrain/*.png     pretraining images (their own scenes, not the training images)
   pretrain.csv              TAB-separated: filepath, title = the words of a caption in random order, so a
-                            model learns which attributes are present but not which object has which
+                            model learns which attributes are present but not which object has which.
+                            Row i reuses training image i mod train-size (rendering and creating files
+                            dominate the run time), with a template and word order of its own
   sugarcrepe/{iid,heldout}/ SugarCrepe format: <subset>.json for replace_obj, replace_att, replace_rel,
                             swap_obj, swap_att, add_obj, add_att ({"0": {"filename", "caption",
                             "negative_caption"}, ...}) and val2017/<filename>. Counterbalanced: items 2k and
@@ -33,6 +34,14 @@ Outputs under DIR (every path written inside a file is relative to that file's d
                             "colour", "size", "center", "radius", "rotation", "bbox"}], "relation"}
                             (relation of object 0 to object 1; image y grows downwards)
   manifest.json             written last: version, options, counts, held-out combinations, colour RGBs
+
+Notes:
+  - Training rows use only scenes whose colour swap names no held-out pair either, so that every row can
+    have its swap_att negative without leaking one.
+  - Swap test pairs are kept only when bag-identical: "an orange star ... a small gray cross" swaps to
+    "a gray star ... a small orange cross", which loses "an".
+  - Python API: generate(out_dir, **options) returns the manifest; Scene.from_dict reads a scenes.jsonl line,
+    parse_caption / caption_is_true / describe work on structured captions, render redraws an image.
 """
 import argparse
 import csv
@@ -47,7 +56,8 @@ import shutil
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +92,7 @@ _RADIUS_JITTER = 0.08  # relative; the size classes stay disjoint
 _ROTATION_JITTER = 12.0  # degrees; keeps squares and diamonds apart
 _CLEAR = 2.0  # a generated relation's main-axis offset is at least this times the other offset
 _COLOUR_JITTER = 15
-_GRAIN = 4  # background grain amplitude, in 2x2-pixel blocks (cheap to encode as PNG)
+_GRAIN = 4  # background grain amplitude; 2x2-pixel blocks keep PNGs small
 _REPLACE_SIZE_PROB = 0.25  # share of replace_att test pairs that change a size rather than a colour
 _MAX_TRIES = 10_000
 
@@ -397,21 +407,23 @@ def _caption_edits(caption: Caption, neg_type: str, cfg) -> list:
 # ------------------------------------------------------------------------------------------ rendering
 
 def render(scene: Scene, image_size: int, seed: int) -> Image.Image:
-    """Draw ``scene`` on a dark, slightly tinted, grainy background; ``seed`` fixes every noise draw."""
+    """Draw ``scene`` in jittered colours on a dark, slightly tinted background with a grain of 2x2-pixel
+    blocks; ``seed`` fixes every noise draw."""
     rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (image_size, image_size), tuple(int(v) for v in rng.integers(15, 45, 3)))
+    tint = rng.integers(15, 45, 3, dtype=np.int16)
+    jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3 * len(scene.objects)).tolist()
+    half = (image_size + 1) // 2
+    grain = rng.integers(-_GRAIN, _GRAIN + 1, (half, half, 1), dtype=np.int16)
+    image = Image.fromarray((tint + grain).astype(np.uint8)).resize((2 * half,) * 2, Image.NEAREST)
+    image = image.crop((0, 0, image_size, image_size)) if image_size % 2 else image
     draw = ImageDraw.Draw(image)
-    for obj in scene.objects:
-        noise = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3)
-        fill = tuple(int(v) for v in np.clip(np.array(COLOURS[obj.colour]) + noise, 0, 255))
+    for i, obj in enumerate(scene.objects):
+        fill = tuple(min(255, max(0, c + j)) for c, j in zip(COLOURS[obj.colour], jitter[3 * i:3 * i + 3]))
         if obj.shape == "circle":
             draw.ellipse(obj.bbox, fill=fill)
         else:
             draw.polygon(obj.outline(), fill=fill)
-    half = (image_size + 1) // 2
-    grain = rng.integers(-_GRAIN, _GRAIN + 1, (half, half, 1), dtype=np.int16).repeat(2, 0).repeat(2, 1)
-    pixels = np.asarray(image, dtype=np.int16) + grain[:image_size, :image_size]
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    return image
 
 
 def _png(scene: Scene, image_size: int, seed: int) -> bytes:
@@ -449,15 +461,17 @@ class Config:
             (min(self.train_size, self.pretrain_size, self.test_pairs, self.num_negatives) >= 0,
              "sizes and num_negatives must not be negative"),
             (self.shard_size >= 1, "shard_size must be positive"),
+            (self.train_size > 0 or self.pretrain_size == 0, "pretraining rows reuse training images: need train_size"),
             (0 <= self.heldout_fraction <= 0.5, "heldout_fraction must lie in [0, 0.5]"),
             (set(self.train_neg_types) <= set(TRAIN_NEG_TYPES) and self.train_neg_types,
              f"train_neg_types must be a non-empty subset of {TRAIN_NEG_TYPES}"),
             (set(self.train_templates + self.test_templates) <= set(TEMPLATES)
              and self.train_templates and self.test_templates,
              f"templates must be non-empty subsets of {tuple(TEMPLATES)}"),
-            (set(self.shapes) <= set(SHAPES) and len(set(self.shapes)) >= 3, f"need 3+ shapes from {SHAPES}"),
-            (set(self.colours) <= set(COLOURS) and len(set(self.colours)) >= 3,
-             f"need 3+ colours from {tuple(COLOURS)}"),
+            (set(self.shapes) <= set(SHAPES) and len(set(self.shapes)) == len(self.shapes) >= 3,
+             f"need 3+ distinct shapes from {SHAPES}"),
+            (set(self.colours) <= set(COLOURS) and len(set(self.colours)) == len(self.colours) >= 3,
+             f"need 3+ distinct colours from {tuple(COLOURS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -500,41 +514,29 @@ def _retry(attempt, what: str):
         result = attempt()
         if result is not None:
             return result
-    raise RuntimeError(f"could not sample {what} in {_MAX_TRIES} tries; the options are too restrictive")
+    raise ValueError(f"could not sample {what} in {_MAX_TRIES} tries; the options are too restrictive")
 
 
 @dataclass(frozen=True)
 class TrainRow:
-    """A training image with its positive caption and K (type, negative caption) pairs."""
+    """A training image with its positive caption, K (type, negative caption) pairs and the bag-of-words
+    captions of the pretraining rows that reuse the image."""
     scene: Scene
     seed: int
     caption: Caption
     negatives: tuple
+    bags: tuple
 
     def images(self):
         return ((self.scene, self.seed),)
 
     def row(self, paths) -> dict:
-        return {"image": paths[0], "original": str(self.caption),
-                "enhanced": [str(c) for _, c in self.negatives], "types": [t for t, _ in self.negatives]}
+        return {"image": paths[0], "original": str(self.caption), "enhanced": [str(c) for _, c in self.negatives],
+                "types": [t for t, _ in self.negatives], "bags": list(self.bags)}
 
 
 @dataclass(frozen=True)
-class PretrainRow:
-    """A pretraining image with its bag-of-words caption."""
-    scene: Scene
-    seed: int
-    title: str
-
-    def images(self):
-        return ((self.scene, self.seed),)
-
-    def row(self, paths) -> dict:
-        return {"image": paths[0], "title": self.title}
-
-
-@dataclass(frozen=True)
-class TestPair:
+class ItemPair:
     """Two scenes and their captions, each true of its own scene only: item A is (scene A, caption A,
     negative caption B), item B the reverse."""
     scene_a: Scene
@@ -551,9 +553,10 @@ class TestPair:
         return {"images": paths, "captions": [str(self.caption_a), str(self.caption_b)]}
 
 
-def _train_row(rng, cfg: Config, heldout: set):
+def _train_row(rng, bag_rng, cfg: Config, heldout: set):
     """A training scene, its positive and K distinct negatives that are false and avoid held-out pairs,
-    including a swap_att and a swap_obj negative when K >= 2 (None: scene rejected, retry)."""
+    including a swap_att and a swap_obj negative when K >= 2, and its pretraining captions, drawn from
+    ``bag_rng`` so that --pretrain-size leaves the training rows unchanged (None: scene rejected, retry)."""
     required = [t for t in ("swap_att", "swap_obj") if t in cfg.train_neg_types] if cfg.num_negatives >= 2 else []
 
     def accept(objects):  # no held-out pair in the scene, nor in its colour swap when that is required
@@ -567,31 +570,40 @@ def _train_row(rng, cfg: Config, heldout: set):
     caption = describe(scene, rng.choice(cfg.train_templates), rng.randrange(2))
     pools = {}
 
-    def pool(neg_type):  # built on first use: most rows need only a few types
-        if neg_type not in pools:
-            pools[neg_type] = [c for c in _caption_edits(caption, neg_type, cfg)
-                               if not _combos(c.phrases) & heldout and not caption_is_true(scene, c)]
-        return pools[neg_type]
-
-    negatives = [(t, pool(t).pop()) for t in required]
-    while len(negatives) < cfg.num_negatives:
-        available = [t for t in cfg.train_neg_types if pool(t)]
-        if not available:
-            raise ValueError(f"num_negatives={cfg.num_negatives} exceeds the distinct negatives available")
-        t = rng.choice(available)
-        negatives.append((t, pool(t).pop(rng.randrange(len(pool(t))))))
-    rng.shuffle(negatives)
-    return TrainRow(scene, rng.getrandbits(32), caption, tuple(negatives))
-
-
-def _pretrain_row(rng, cfg: Config, heldout: set):
-    """A pretraining scene and its bag-of-words caption (None: scene rejected, retry)."""
-    scene = _sample_scene(rng, cfg, lambda objects: not _combos(objects) & heldout)
-    if scene is None:
+    def draw(neg_type):  # a random unused negative of this type that passes the checks, or None
+        pool = pools.setdefault(neg_type, _caption_edits(caption, neg_type, cfg))
+        while pool:
+            negative = pool.pop(rng.randrange(len(pool)))
+            if not _combos(negative.phrases) & heldout and not caption_is_true(scene, negative):
+                return negative
         return None
+
+    negatives = [(t, draw(t)) for t in required]  # never None: accept() ruled out held-out swaps
+    types = list(cfg.train_neg_types)
+    while len(negatives) < cfg.num_negatives:
+        if not types:
+            raise ValueError(f"num_negatives={cfg.num_negatives} exceeds the distinct negatives available")
+        t = rng.choice(types)
+        negative = draw(t)
+        if negative is None:
+            types.remove(t)
+        else:
+            negatives.append((t, negative))
+    rng.shuffle(negatives)
+    bags = tuple(_bag_of_words(bag_rng, scene, cfg) for _ in range(_bags_per_row(cfg)))
+    return TrainRow(scene, rng.getrandbits(32), caption, tuple(negatives), bags)
+
+
+def _bag_of_words(rng, scene: Scene, cfg: Config) -> str:
+    """A pretraining caption: the words of a training-style caption of ``scene`` in random order."""
     words = caption_words(str(describe(scene, rng.choice(cfg.train_templates), rng.randrange(2))))
     rng.shuffle(words)
-    return PretrainRow(scene, rng.getrandbits(32), " ".join(words))
+    return " ".join(words)
+
+
+def _bags_per_row(cfg: Config) -> int:
+    """Pretraining row i uses training image i mod train_size, so each image serves this many rows."""
+    return -(-cfg.pretrain_size // cfg.train_size) if cfg.train_size else 0
 
 
 def _test_pair(rng, cfg: Config, heldout: set, split: str, subset: str):
@@ -612,7 +624,7 @@ def _test_pair(rng, cfg: Config, heldout: set, split: str, subset: str):
     truths = [caption_is_true(s, c) for s in (scene_a, scene_b) for c in (caption_a, caption_b)]
     if truths != [True, False, False, True]:
         raise RuntimeError(f"bug: {subset} pair is not counterbalanced: {caption_a} / {caption_b}")
-    return TestPair(scene_a, rng.getrandbits(32), scene_b, rng.getrandbits(32), caption_a, caption_b)
+    return ItemPair(scene_a, rng.getrandbits(32), scene_b, rng.getrandbits(32), caption_a, caption_b)
 
 
 # ---------------------------------------------------------------------------------------- work units
@@ -622,7 +634,7 @@ _CHUNK = 250  # rows or pairs per work unit; each unit has its own random stream
 
 @dataclass(frozen=True)
 class _Unit:
-    """A chunk of one part ("train", "pretrain" or "<split>/<subset>") planned and rendered by one worker.
+    """A chunk of one part ("train" or "<split>/<subset>") planned and rendered by one worker.
     Fixed chunks with their own streams make the output independent of the number of workers, and let
     e.g. --train-size change without changing the test sets."""
     part: str
@@ -631,38 +643,37 @@ class _Unit:
 
 
 def _units(cfg: Config, splits) -> list:
-    sizes = {"train": cfg.train_size, "pretrain": cfg.pretrain_size,
-             **{f"{split}/{subset}": cfg.test_pairs for split in splits for subset in SUBSETS}}
+    sizes = {"train": cfg.train_size, **{f"{split}/{subset}": cfg.test_pairs for split in splits for subset in SUBSETS}}
     return [_Unit(part, start, min(_CHUNK, size - start))
             for part, size in sizes.items() for start in range(0, size, _CHUNK)]
 
 
 def _work(job):
-    """Plan and render one unit: ``(cfg, heldout, unit) -> (rows, images)``; a row is a record as plain
-    data (``row()``), an image is (path, PNG bytes, scenes.jsonl line). Plain data keeps pickling cheap."""
-    cfg, heldout, unit = job
+    """Plan one unit and write its images: ``(cfg, heldout, unit, out) -> (rows, scene lines, pngs)``.
+    Rows are records as plain data (``row()``), cheap to pickle; the PNG bytes come back only for training
+    images, which also go into the shards. Workers write the files: file creation is slow on some disks."""
+    cfg, heldout, unit, out = job
     rng = random.Random(f"{cfg.seed}:{unit.part}:{unit.start}")
     if unit.part == "train":
-        make = lambda: _train_row(rng, cfg, heldout)  # noqa: E731
-    elif unit.part == "pretrain":
-        make = lambda: _pretrain_row(rng, cfg, heldout)  # noqa: E731
+        make = partial(_train_row, rng, random.Random(f"{cfg.seed}:pretrain:{unit.start}"), cfg, heldout)
     else:
-        split, subset = unit.part.split("/")
-        make = lambda: _test_pair(rng, cfg, heldout, split, subset)  # noqa: E731
-    rows, images = [], []
+        make = partial(_test_pair, rng, cfg, heldout, *unit.part.split("/"))
+    rows, lines, pngs = [], [], []
     for index in range(unit.start, unit.start + unit.count):
         record, paths = _retry(make, f"a {unit.part} item"), _image_paths(unit.part, index)
         rows.append(record.row(paths))
         for path, (scene, seed) in zip(paths, record.images()):
-            line = json.dumps({"image": path, "set": unit.part.split("/")[0], "seed": seed, **scene.to_dict()})
-            images.append((path, _png(scene, cfg.image_size, seed), line))
-    return rows, images
+            png = _png(scene, cfg.image_size, seed)
+            (out / path).write_bytes(png)
+            lines.append(json.dumps({"image": path, "set": unit.part.split("/")[0], "seed": seed, **scene.to_dict()}))
+            pngs.append(png)
+    return rows, lines, pngs if unit.part == "train" else []
 
 
 def _image_paths(part: str, index: int) -> list:
     """Paths (relative to the output root) of the images of record ``index`` of ``part``."""
-    if part in ("train", "pretrain"):
-        return [f"images/{part}/{index:06d}.png"]
+    if part == "train":
+        return [f"images/train/{index:06d}.png"]
     split, subset = part.split("/")
     return [f"sugarcrepe/{split}/val2017/{subset}_{index:05d}_{ab}.png" for ab in "ab"]
 
@@ -685,7 +696,7 @@ def _prepare_out_dir(out: Path, overwrite: bool):
     if present and not overwrite:
         what = ("a finished ShapeCrepe dataset (manifest.json)" if "manifest.json" in present
                 else "the remains of an unfinished run (no manifest.json)")
-        raise FileExistsError(f"{out} already contains {what}; pass --overwrite to replace it")
+        raise FileExistsError(f"{out} already contains {what}; pass --overwrite (overwrite=True) to replace it")
     for name in present:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -717,7 +728,8 @@ class _ShardWriter:
     """Webdataset shards of ``shard_size`` samples, byte-identical across runs (fixed member metadata)."""
 
     def __init__(self, directory: Path, shard_size: int):
-        self.directory, self.shard_size, self.sizes, self.tar = directory, shard_size, {}, None
+        self.directory, self.shard_size = directory, shard_size
+        self.sizes, self.name, self.tar = {}, None, None  # shard name -> samples; the open shard
         directory.mkdir(parents=True)
 
     def add(self, key: str, members: dict):
@@ -738,12 +750,16 @@ class _ShardWriter:
             self.tar = None
 
 
-def _write_training(out: Path, train: list, pretrain: list):
+def _write_training(out: Path, train: list, pretrain_size: int):
     """train.csv, train_degla.json and pretrain.csv (the shards are written while rendering)."""
     _write_tsv(out / "train.csv", ["filepath", "title", "neg_caption", "neg_types"],
                ([row["image"], row["original"], repr(row["enhanced"]), repr(row["types"])] for row in train))
-    _write_json(out / "train_degla.json", [{"image_id": i, **row} for i, row in enumerate(train)], indent=1)
-    _write_tsv(out / "pretrain.csv", ["filepath", "title"], ([row["image"], row["title"]] for row in pretrain))
+    _write_json(out / "train_degla.json",
+                [{"image": row["image"], "image_id": i, "original": row["original"], "enhanced": row["enhanced"],
+                  "types": row["types"]} for i, row in enumerate(train)], indent=1)
+    _write_tsv(out / "pretrain.csv", ["filepath", "title"],
+               ([train[i % len(train)]["image"], train[i % len(train)]["bags"][i // len(train)]]
+                for i in range(pretrain_size)))
 
 
 def _write_tests(out: Path, split: str, pairs_by_subset: dict) -> dict:
@@ -777,27 +793,24 @@ def generate(out_dir, *, overwrite: bool = False, workers: int = None, progress:
     heldout = set(choose_heldout(cfg))
     splits = SPLITS if heldout else ("iid",)
     units = _units(cfg, splits)
-    for directory in ["images/train", "images/pretrain", *(f"sugarcrepe/{split}/val2017" for split in splits)]:
+    for directory in ["images/train", *(f"sugarcrepe/{split}/val2017" for split in splits)]:
         (out / directory).mkdir(parents=True)
     rows = {}
     shards = _ShardWriter(out / "train-wds", cfg.shard_size)
-    total = cfg.train_size + cfg.pretrain_size + 2 * cfg.test_pairs * len(SUBSETS) * len(splits)
+    total = cfg.train_size + 2 * cfg.test_pairs * len(SUBSETS) * len(splits)
     with open(out / "scenes.jsonl", "w") as scenes, tqdm(total=total, desc="ShapeCrepe", unit="img",
                                                          disable=not progress) as bar:
-        for unit, (unit_rows, images) in zip(units, _run([(cfg, heldout, u) for u in units], workers)):
-            for path, png, line in images:
-                (out / path).write_bytes(png)
-                scenes.write(line + "\n")
-            if unit.part == "train":
-                for index, (row, (_, png, _)) in enumerate(zip(unit_rows, images), unit.start):
-                    sidecar = {key: row[key] for key in ("original", "enhanced", "types")}
-                    shards.add(f"{index:06d}", {"png": png, "txt": row["original"].encode(),
-                                                "json": json.dumps(sidecar).encode()})
+        for unit, (unit_rows, lines, pngs) in zip(units, _run([(cfg, heldout, u, out) for u in units], workers)):
+            scenes.writelines(line + "\n" for line in lines)
+            for index, (row, png) in enumerate(zip(unit_rows, pngs), unit.start):  # training rows only
+                sidecar = {key: row[key] for key in ("original", "enhanced", "types")}
+                shards.add(f"{index:06d}", {"png": png, "txt": row["original"].encode(),
+                                            "json": json.dumps(sidecar).encode()})
             rows.setdefault(unit.part, []).extend(unit_rows)
-            bar.update(len(images))
+            bar.update(len(lines))
     shards.close()
     _write_json(out / "train-wds/sizes.json", shards.sizes)
-    _write_training(out, rows.get("train", []), rows.get("pretrain", []))
+    _write_training(out, rows.get("train", []), cfg.pretrain_size)
     bag_identical = {split: _write_tests(out, split, {s: rows.get(f"{split}/{s}", []) for s in SUBSETS})
                      for split in splits}
 
@@ -815,7 +828,7 @@ def generate(out_dir, *, overwrite: bool = False, workers: int = None, progress:
                   "scenes": "scenes.jsonl", "train_wds": [f"train-wds/{name}" for name in shards.sizes],
                   "sugarcrepe": {split: f"sugarcrepe/{split}" for split in splits},
                   "winoground": {split: f"winoground/{split}/pairs.jsonl" for split in splits}},
-        "pretrain_images": "own scenes and images (images/pretrain), disjoint from the training images",
+        "pretrain_images": "the training images: pretrain.csv row i uses images/train image i mod train_size",
         "counts": {"images": total, "train": cfg.train_size, "pretrain": cfg.pretrain_size,
                    "wds_samples": sum(shards.sizes.values()), "wds_shards": len(shards.sizes),
                    "sugarcrepe_items": {split: {s: 2 * cfg.test_pairs for s in SUBSETS} for split in splits},
@@ -849,15 +862,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, help=f"samples per webdataset shard {note('shard_size')}")
     parser.add_argument("--heldout-fraction", type=float,
                         help="share of (colour, shape) pairs kept out of training (default 1/6)")
-    parser.add_argument("--train-neg-types", nargs="+", choices=TRAIN_NEG_TYPES,
-                        help="negative types for training rows (default: all)")
-    parser.add_argument("--train-templates", nargs="+", choices=tuple(TEMPLATES),
-                        help="caption templates of training and pretraining captions (default: all)")
-    parser.add_argument("--test-templates", nargs="+", choices=tuple(TEMPLATES),
+    parser.add_argument("--train-neg-types", nargs="+", choices=TRAIN_NEG_TYPES, metavar="TYPE",
+                        help=f"negative types for training rows, from {', '.join(TRAIN_NEG_TYPES)} (default: all)")
+    parser.add_argument("--train-templates", nargs="+", choices=tuple(TEMPLATES), metavar="TEMPLATE",
+                        help=f"caption templates of training and pretraining captions, from {', '.join(TEMPLATES)} "
+                             "(default: all)")
+    parser.add_argument("--test-templates", nargs="+", choices=tuple(TEMPLATES), metavar="TEMPLATE",
                         help="caption templates of the test sets (default: all)")
-    parser.add_argument("--shapes", nargs="+", choices=SHAPES, help="shape vocabulary (default: all 6)")
-    parser.add_argument("--colours", nargs="+", choices=tuple(COLOURS), help="colour vocabulary (default: all 8)")
-    parser.add_argument("--workers", type=int, help="rendering processes (default: up to 4 CPUs); output is the same")
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, metavar="SHAPE",
+                        help=f"shape vocabulary, from {', '.join(SHAPES)} (default: all)")
+    parser.add_argument("--colours", nargs="+", choices=tuple(COLOURS), metavar="COLOUR",
+                        help=f"colour vocabulary, from {', '.join(COLOURS)} (default: all)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: up to 4 CPUs); the output is the same")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -872,8 +888,8 @@ def main(argv=None):
     except (FileExistsError, ValueError) as error:
         sys.exit(f"error: {error}")
     counts = manifest["counts"]
-    print(f"ShapeCrepe: {counts['images']} images ({counts['train']} train, {counts['pretrain']} pretrain, "
-          f"{counts['images'] - counts['train'] - counts['pretrain']} test) written to {out} "
+    print(f"ShapeCrepe: {counts['images']} images ({counts['train']} train, {counts['images'] - counts['train']} "
+          f"test), {counts['pretrain']} pretraining rows, written to {out} "
           f"in {time.perf_counter() - start:.1f} s")
 
 
