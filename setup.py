@@ -33,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "open-clip-align-train=training.main:cli",
+            "open-clip-align-synthetic=open_clip_align.data.synthetic:main",
         ],
     },
 )

@@ -37,8 +37,9 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--hardneg-image-root", default=None,
                    help="Directory that relative image paths (or ids) in the train data are resolved against.")
     g.add_argument("--hardneg-skip-bad-images", action="store_true", default=False,
-                   help="Skip samples whose image is missing or unreadable, and log how many were skipped "
-                        "(default: stop with an error naming the file and row).")
+                   help="Skip samples whose image is missing or unreadable (for wds also a missing caption or "
+                        "negatives field), and log how many were skipped each epoch (default: stop with an error "
+                        "naming the file and row).")
     g.add_argument("--csv-hardneg-key", default="neg_caption",
                    help="CSV/TSV column holding the negatives as a list literal, e.g. ['a b', 'c d'].")
     g.add_argument("--json-image-key", default="image",
@@ -48,8 +49,8 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="JSON/JSONL field (and field of the webdataset .json member) with the list of negatives.")
     g.add_argument(
         "--json-image-template", default="{}",
-        help="Format string turning the image field into a path under --hardneg-image-root; e.g. "
-             "'train2014/COCO_train2014_{:012d}.jpg' for DeGLA's integer COCO ids.")
+        help="degla-json/jsonl: format string turning the image field into a path under --hardneg-image-root; "
+             "e.g. 'train2014/COCO_train2014_{:012d}.jpg' for DeGLA's integer COCO ids.")
     return parser
 
 

@@ -4,8 +4,8 @@ Stages (each skipped when its output already exists, so an interrupted run resum
   1. generate ShapeCrepe data (training rows with rule-made hard negatives, SugarCrepe-format test sets);
   2. pretrain a tiny CLIP on bag-of-words captions: it learns which colours/shapes are present, not which
      object has which (the non-binding CLIP that DeGLA-style fine-tuning starts from);
-  3. fine-tune it twice through ``training.main`` with identical data, seeds and steps:
-     ``--loss clip`` and ``--loss negclip``;
+  3. fine-tune it twice through ``training.main`` with identical data, seeds and steps: ``--loss clip``
+     and ``--loss negclip`` (one rule-made swapped-attribute negative caption per image, NegCLIP's recipe);
   4. score the three checkpoints on both test splits (iid, held-out colour-shape combinations) with the
      official SugarCrepe rule (strict pos > neg), print a table, write results.json and results.png.
 """
@@ -38,9 +38,9 @@ def _log(message: str) -> None:
     print(f"[quickstart {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _train(args, name: str, cwd: Path, flags: list) -> Path:
+def _train(args, name: str, epochs: int, batch_size: int, cwd: Path, flags: list) -> Path:
     """Run ``python -m training.main`` unless its final checkpoint exists; stream its progress lines."""
-    ckpt = args.out / "logs" / name / "checkpoints" / f"epoch_{args.epochs}.pt"
+    ckpt = args.out / "logs" / name / "checkpoints" / f"epoch_{epochs}.pt"
     if ckpt.is_file():
         _log(f"{name}: found {ckpt}, skipping")
         return ckpt
@@ -50,7 +50,7 @@ def _train(args, name: str, cwd: Path, flags: list) -> Path:
             path.unlink() if path.is_file() else path.rmdir()
     argv = [sys.executable, "-m", "training.main", "--logs", str(args.out / "logs"), "--name", name,
             "--model", args.model, "--device", "cpu", "--precision", "fp32", "--workers", str(args.workers),
-            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--seed", str(args.seed),
+            "--batch-size", str(batch_size), "--epochs", str(epochs), "--seed", str(args.seed),
             "--warmup", "20", "--wd", "0.1", "--log-every-n-steps", "10", "--save-frequency", "0", *flags]
     _log(f"{name}: " + " ".join(argv[1:]))
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
@@ -61,7 +61,7 @@ def _train(args, name: str, cwd: Path, flags: list) -> Path:
         match = re.search(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\].*?Contrastive_loss: ([0-9.]+)", line)
         if match:
             epoch, _, _, pct, loss = match.groups()
-            _log(f"{name}: epoch {int(epoch) + 1}/{args.epochs} {pct:>3}%  loss {float(loss):.3f}")
+            _log(f"{name}: epoch {int(epoch) + 1}/{epochs} {pct:>3}%  loss {float(loss):.3f}")
     if proc.wait() != 0 or not ckpt.is_file():
         sys.stderr.write("".join(tail))
         raise SystemExit(f"quickstart: training run {name!r} failed (full log in {run_dir / 'out.log'})")
@@ -74,7 +74,8 @@ def _evaluate(args, checkpoints: dict) -> dict:
         model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=str(ckpt))
         model.eval()
         tokenizer = open_clip.get_tokenizer(args.model)
-        results[arm] = {split: evaluate_sugarcrepe(model, preprocess, tokenizer, args.out / "data" / "sugarcrepe" / split)
+        results[arm] = {split: evaluate_sugarcrepe(model, preprocess, tokenizer, args.out / "data" / "sugarcrepe" / split,
+                                                    progress=sys.stdout.isatty())
                         for split in SPLITS}
         _log(f"scored {arm}")
     return results
@@ -120,13 +121,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart", help="output directory")
     parser.add_argument("--model", default="shapes-tiny-ViT")
     parser.add_argument("--preset", default="default", choices=("default", "ci"), help="ShapeCrepe size preset")
-    parser.add_argument("--train-size", type=int, default=None, help="override the preset's training rows")
-    parser.add_argument("--pretrain-size", type=int, default=None, help="override the preset's pretraining rows")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per training stage")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="override the preset's training (and pretraining) rows")
+    parser.add_argument("--pretrain-epochs", type=int, default=3, help="epochs of bag-of-words pretraining")
+    parser.add_argument("--pretrain-batch-size", type=int, default=128)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-epochs", type=int, default=1, help="epochs of each fine-tuning arm")
+    parser.add_argument("--finetune-batch-size", type=int, default=16,
+                        help="small batches leave plain CLIP few in-batch binding contrasts, as at real scale")
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--num-hardneg", type=int, default=2, help="hard negatives per image for negclip")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -138,18 +141,20 @@ def main(argv=None) -> None:
     if (data / "manifest.json").is_file():
         _log(f"data: found {data}, skipping generation")
     else:
-        sizes = {k: v for k, v in (("train_size", args.train_size), ("pretrain_size", args.pretrain_size)) if v}
         _log("data: generating ShapeCrepe")
-        generate(data, preset=args.preset, seed=args.seed, overwrite=data.exists(), **sizes)
+        generate(data, preset=args.preset, seed=args.seed, overwrite=data.exists(), train_size=args.train_size,
+                 pretrain_size=args.train_size, num_negatives=1, train_neg_types=("swap_att",),
+                 progress=sys.stdout.isatty())
 
-    pretrained = _train(args, "pretrain", data, [
+    pretrained = _train(args, "pretrain", args.pretrain_epochs, args.pretrain_batch_size, data, [
         "--loss", "clip", "--dataset-type", "csv", "--train-data", "pretrain.csv",
         "--csv-img-key", "filepath", "--csv-caption-key", "title", "--lr", str(args.pretrain_lr)])
     finetune = ["--pretrained", str(pretrained), "--hardneg-format", "csv", "--train-data", str(data / "train.csv"),
-                "--num-hardneg", str(args.num_hardneg), "--hardneg-sampling", "first", "--lr", str(args.finetune_lr)]
+                "--num-hardneg", "1", "--lr", str(args.finetune_lr)]
     checkpoints = {"pretrained": pretrained}
     for loss in ("clip", "negclip"):
-        checkpoints[loss] = _train(args, f"finetune-{loss}", data, ["--loss", loss, *finetune])
+        checkpoints[loss] = _train(args, f"finetune-{loss}", args.finetune_epochs, args.finetune_batch_size, data,
+                                   ["--loss", loss, *finetune])
 
     results = _evaluate(args, checkpoints)
     table = _table(results)

@@ -64,6 +64,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..eval.sugarcrepe import SUBSETS
+
 VERSION = "1.0"
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -73,7 +75,6 @@ COLOURS = {  # far apart in RGB, so they stay distinct under +-_COLOUR_JITTER pe
 }
 SIZES = ("small", "medium", "large")
 RELATIONS = ("left", "right", "above", "below")
-SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 TRAIN_NEG_TYPES = ("swap_att", "swap_obj", "replace_att", "replace_obj", "replace_rel")
 SPLITS = ("iid", "heldout")
 
@@ -555,9 +556,9 @@ class ItemPair:
 
 def _train_row(rng, bag_rng, cfg: Config, heldout: set):
     """A training scene, its positive and K distinct negatives that are false and avoid held-out pairs,
-    including a swap_att and a swap_obj negative when K >= 2, and its pretraining captions, drawn from
-    ``bag_rng`` so that --pretrain-size leaves the training rows unchanged (None: scene rejected, retry)."""
-    required = [t for t in ("swap_att", "swap_obj") if t in cfg.train_neg_types] if cfg.num_negatives >= 2 else []
+    including a swap_att and then a swap_obj negative as far as K allows, and its pretraining captions, drawn
+    from ``bag_rng`` so that --pretrain-size leaves the training rows unchanged (None: scene rejected, retry)."""
+    required = [t for t in ("swap_att", "swap_obj") if t in cfg.train_neg_types][:cfg.num_negatives]
 
     def accept(objects):  # no held-out pair in the scene, nor in its colour swap when that is required
         a, b = objects

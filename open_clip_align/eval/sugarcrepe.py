@@ -55,15 +55,17 @@ def summarize(per_subset: Dict[str, dict]) -> dict:
 
 
 def evaluate_sugarcrepe(model, preprocess, tokenizer, root, device="cpu", subsets: Sequence[str] = SUBSETS,
-                        batch_size: int = 64) -> dict:
+                        batch_size: int = 64, progress: bool = True) -> dict:
     """Accuracy (%) per subset with tie counts, plus category means and micro average.
 
     Every unique image across subsets is encoded once; captions are batched.
     """
     loaded = {s: load_subset(root, s) for s in subsets}
     all_items = [it for items in loaded.values() for it in items]
-    images = encode_images(model, [it["image"] for it in all_items], preprocess, device, batch_size)
-    texts = encode_texts(model, tokenizer, [t for it in all_items for t in (it["caption"], it["negative"])], device)
+    images = encode_images(model, [it["image"] for it in all_items], preprocess, device, batch_size,
+                           progress=progress)
+    texts = encode_texts(model, tokenizer, [t for it in all_items for t in (it["caption"], it["negative"])], device,
+                         progress=progress)
     per_subset = {}
     for subset, items in loaded.items():
         img = torch.stack([images[it["image"]] for it in items])
