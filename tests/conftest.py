@@ -60,3 +60,10 @@ def train_argv(tmp_path: Path, name: str, *extra: str) -> list:
     return ["--logs", str(tmp_path / "logs"), "--name", name, "--device", "cpu", "--precision", "fp32",
             "--workers", "0", "--batch-size", "4", "--epochs", "1", "--lr", "1e-4", "--warmup", "1",
             "--seed", "0", *extra]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """open_clip_train's setup_logging sets every logger to INFO; quiet torch's exit-time stats dump."""
+    import logging
+    for name in ["", *logging.root.manager.loggerDict]:
+        logging.getLogger(name).setLevel(logging.WARNING)
