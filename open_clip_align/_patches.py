@@ -88,9 +88,12 @@ def _parse_args(original_parse_args, state, argv):
     return args
 
 
-def _create_model_and_transforms(original, state, *args, **kwargs):
-    model, preprocess_train, preprocess_val = original(*args, **kwargs)
+def _create_model_and_transforms(original, state, model_name, *args, **kwargs):
+    """The trained model must take [B, 1+K, L] text when the data or loss has negatives (not --distill-model)."""
+    model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
     run_args = state["args"]
+    if model_name != run_args.model:
+        return model, preprocess_train, preprocess_val
     needs_model = losses.loss_uses_hardneg(run_args.loss) or run_args.hardneg_format != "none"
     if needs_model and not isinstance(model, HardNegCLIP):
         plugin_names = [m for m in open_clip.list_models() if (plugin_block(m) or {}).get("arch") == "hardneg"]
@@ -106,7 +109,7 @@ def _create_model_and_transforms(original, state, *args, **kwargs):
 def _get_data(original, args, preprocess_fns, epoch=0, tokenizer=None):
     if args.hardneg_format == "none":
         return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
-    from .data.hardneg import get_hardneg_train_data
+    from .data.hardneg import get_hardneg_train_data  # needs open_clip_train's data stack: import when used
 
     rest_args = argparse.Namespace(**vars(args))
     rest_args.train_data = None
