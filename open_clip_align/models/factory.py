@@ -46,7 +46,11 @@ def _resolve_pretrained(model_name: str, base: Optional[str], pretrained: str, c
 
 
 def load_plugin_checkpoint(model: torch.nn.Module, checkpoint_path: str, weights_only: bool = True):
-    """Load base CLIP or plugin weights; only keys under the class's plugin-owned prefixes may be missing."""
+    """Load base CLIP or plugin weights; only keys under the class's ``plugin_state_prefixes`` may be missing.
+
+    Afterwards ``model.after_pretrained_load(missing_keys)`` runs if the class defines it (e.g. to copy the
+    student into an EMA teacher that a base checkpoint lacks).
+    """
     incompatible = oc_factory.load_checkpoint(model, checkpoint_path, strict=False, weights_only=weights_only)
     owned = tuple(getattr(model, "plugin_state_prefixes", ()))
     missing = [k for k in incompatible.missing_keys if not k.startswith(owned)]
