@@ -13,12 +13,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -46,8 +45,7 @@ def _train(args, name: str, epochs: int, batch_size: int, cwd: Path, flags: list
         return ckpt
     run_dir = args.out / "logs" / name
     if run_dir.exists():  # an interrupted run: start it again cleanly
-        for path in sorted(run_dir.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
+        shutil.rmtree(run_dir)
     argv = [sys.executable, "-m", "training.main", "--logs", str(args.out / "logs"), "--name", name,
             "--model", args.model, "--device", "cpu", "--precision", "fp32", "--workers", str(args.workers),
             "--batch-size", str(batch_size), "--epochs", str(epochs), "--seed", str(args.seed),
@@ -134,7 +132,6 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.time()
 
     data = args.out / "data"
