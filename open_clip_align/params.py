@@ -51,6 +51,42 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--json-image-template", default="{}",
         help="degla-json/jsonl: format string turning the image field into a path under --hardneg-image-root; "
              "e.g. 'train2014/COCO_train2014_{:012d}.jpg' for DeGLA's integer COCO ids.")
+
+    g = parser.add_argument_group("open_clip_align: DeGLA (--loss degla; needs a model with an EMA teacher)")
+    g.add_argument("--degla-igc-weight", type=float, default=0.1,
+                   help="λ_I: Image-Grounded Contrast (each image vs its positive and its own K negatives).")
+    g.add_argument("--degla-tgc-weight", type=float, default=0.1,
+                   help="λ_T: Text-Grounded Contrast (each positive vs the teacher's copy and its K negatives).")
+    g.add_argument("--degla-distill-weight", type=float, default=0.005,
+                   help="λ_D: squared distance to the EMA teacher's embeddings. With the default 'sum' reduction "
+                        "the term grows with the global batch N: keep λ_D·N constant (0.005 at N = 256).")
+    g.add_argument("--degla-tgc-scale", type=float, default=10.0, help="Fixed logit scale τ of the TGC term.")
+    g.add_argument("--degla-tgc-mode", default="fixed", choices=("fixed", "reference"),
+                   help="'fixed': each text against its own negatives; 'reference': the released code's tiling "
+                        "mask (row i sees negatives k·N + i), for parity with released checkpoints.")
+    g.add_argument("--degla-distill-reduction", default="sum", choices=("sum", "mean"),
+                   help="'sum' over all embedding vectors (the paper's) or 'mean' (sum / number of vectors).")
+    g.add_argument("--degla-distill-negatives", default=True, action=argparse.BooleanOptionalAction,
+                   help="Distil the negative captions' embeddings too (the paper's default).")
+    g.add_argument("--ema-decay", type=float, default=0.9996,
+                   help="EMA teacher decay α, applied once per optimizer step: θ_T ← α·θ_T + (1−α)·θ_S. "
+                        "1.0 keeps the teacher frozen at the starting weights.")
+
+    g = parser.add_argument_group("open_clip_align: CE-CLIP (--loss ce-clip)")
+    g.add_argument("--ceclip-imc-weight", type=float, default=0.3,
+                   help="λ_imc: intra-modal contrast (positive text vs the batch's negative texts); "
+                        "CE-CLIP's own recipe 0.3, DeGLA's comparison recipe 0.2.")
+    g.add_argument("--ceclip-cmr-weight", type=float, default=0.2,
+                   help="λ_cmr: cross-modal rank loss with per-type margins; CE-CLIP's own 0.2, DeGLA's 0.4.")
+    g.add_argument("--ceclip-imc-mode", default="paper", choices=("paper", "reference"),
+                   help="'paper': the image-text match is column 0 and must beat the text-negative similarities; "
+                        "'reference': the released code's target 0 = the batch's first negative (a label bug).")
+    g.add_argument("--ceclip-threshold-type", default="mean", choices=("mean", "fixed"),
+                   help="CMR margin per negative slot k: 'mean' = batch mean positive logit − mean logit of slot k "
+                        "(detached); 'fixed' = --ceclip-fixed-threshold.")
+    g.add_argument("--ceclip-fixed-threshold", type=float, default=10.0, help="CMR margin for 'fixed' thresholds.")
+    g.add_argument("--ceclip-upper-bound", type=float, default=10.0,
+                   help="Adaptive CMR margins are clamped to [0, this].")
     return parser
 
 
