@@ -6,7 +6,8 @@ Two seams:
   ``create_model`` (both ``open_clip.create_model`` and ``open_clip.factory.create_model``) so configs with an
   ``open_clip_align`` block build plugin classes; every other name reaches the original untouched.
 * ``training_hooks()`` — for the duration of one ``open_clip_train.main.main`` call: our argument pre-parser,
-  loss dispatch, hard-negative data, model set-up for the chosen loss, and a DDP that accepts CPU modules.
+  loss dispatch, hard-negative data, model set-up for the chosen loss (including the EMA teacher's optimizer
+  step post-hook, removed afterwards), and a DDP that accepts CPU modules.
 """
 import argparse
 import contextlib
@@ -19,7 +20,7 @@ import open_clip.factory as oc_factory
 import torch
 
 from . import losses
-from .models import HardNegCLIP, create_plugin_model, plugin_block
+from .models import HardNegCLIP, create_plugin_model, ema, plugin_block
 from .params import add_plugin_args, build_preparser
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -79,7 +80,12 @@ def _parse_args(original_parse_args, state, argv):
     if losses.loss_uses_hardneg(ours.loss) and ours.hardneg_format == "none":
         pre.error(f"--loss {ours.loss} trains on hard negative captions: give --train-data with "
                   f"--hardneg-format (csv, degla-json, jsonl or wds)")
+    if not 0.0 <= ours.ema_decay <= 1.0:
+        pre.error(f"argument --ema-decay: expected a decay in [0, 1], got {ours.ema_decay}")
     args = original_parse_args(rest)
+    if args.distill_model is not None and ours.loss != "clip":
+        pre.error(f"--distill-model builds open_clip's fixed external teacher for --loss clip only; --loss "
+                  f"{ours.loss} cannot use it (DeGLA's EMA teacher comes with the model, e.g. degla-ViT-B-32)")
     for key, value in vars(ours).items():
         setattr(args, key, value)
     if args.precision == "amp" and not torch.cuda.is_available():
@@ -88,21 +94,38 @@ def _parse_args(original_parse_args, state, argv):
     return args
 
 
+def _plugin_models(predicate) -> str:
+    return ", ".join(m for m in open_clip.list_models() if predicate(plugin_block(m) or {}))
+
+
 def _create_model_and_transforms(original, state, model_name, *args, **kwargs):
-    """The trained model must take [B, 1+K, L] text when the data or loss has negatives (not --distill-model)."""
+    """Set up the trained model for the loss: [B, 1+K, L] text when the data or loss has negatives, the EMA
+    teacher's forward and step-hook updates when the loss uses a teacher (not for --distill-model)."""
     model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
     run_args = state["args"]
     if model_name != run_args.model:
         return model, preprocess_train, preprocess_val
     needs_model = losses.loss_uses_hardneg(run_args.loss) or run_args.hardneg_format != "none"
     if needs_model and not isinstance(model, HardNegCLIP):
-        plugin_names = [m for m in open_clip.list_models() if (plugin_block(m) or {}).get("arch") == "hardneg"]
         raise PluginUsageError(
             f"--model {run_args.model} is a plain open_clip model, but --loss {run_args.loss} / --hardneg-format "
             f"{run_args.hardneg_format} feed it [B, 1+K, L] text; use a hard-negative model such as "
-            f"{', '.join(plugin_names)} (same weights, pretrained tags resolve through the base model)")
-    if isinstance(model, HardNegCLIP):
-        model.emit_hardneg = losses.loss_uses_hardneg(run_args.loss)
+            f"{_plugin_models(lambda b: b.get('arch') == 'hardneg')} (same weights, pretrained tags resolve "
+            f"through the base model)")
+    if not isinstance(model, HardNegCLIP):
+        return model, preprocess_train, preprocess_val
+    model.emit_hardneg = losses.loss_uses_hardneg(run_args.loss)
+    if losses.loss_uses_teacher(run_args.loss, run_args):
+        if model.teacher is None:
+            raise PluginUsageError(
+                f"--loss {run_args.loss} needs an EMA teacher, but --model {run_args.model} has none; use a model "
+                f"with one ({_plugin_models(lambda b: b.get('ema_teacher'))}), or set --degla-tgc-weight 0 "
+                f"--degla-distill-weight 0")
+        model.emit_teacher = True
+        model.ema_decay = run_args.ema_decay
+        ema.track(model)
+        if "ema_hook" not in state:
+            state["ema_hook"] = ema.install_step_hook(log_every=run_args.log_every_n_steps)
     return model, preprocess_train, preprocess_val
 
 
@@ -121,7 +144,10 @@ def _get_data(original, args, preprocess_fns, epoch=0, tokenizer=None):
 
 
 def _create_loss(args):
-    return losses.create_loss(args.loss, args)
+    try:
+        return losses.create_loss(args.loss, args)
+    except ValueError as err:  # the loss rejected a flag value; its message names the flag
+        raise PluginUsageError(f"--loss {args.loss}: {err}") from None
 
 
 class CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
@@ -155,3 +181,5 @@ def training_hooks():
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
+        if "ema_hook" in state:
+            state.pop("ema_hook").remove()

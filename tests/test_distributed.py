@@ -18,12 +18,17 @@ def _torchrun(*args, timeout=300):
     return proc
 
 
-def test_two_process_negclip_equals_single_process(tmp_path):
+def test_two_process_losses_equal_single_process_on_the_concatenated_batch(tmp_path):
+    """Every term of negclip, degla (both TGC modes, with-grad gather) and ce-clip, to 1e-5."""
     out = tmp_path / "losses.json"
-    _torchrun(str(Path(__file__).with_name("dist_negclip_worker.py")), str(out))
-    values = json.loads(out.read_text())
-    assert values["distributed"] == pytest.approx(values["single"], abs=1e-5)
-    assert values["local_mean"] == pytest.approx(values["single"], abs=1e-5)
+    _torchrun(str(Path(__file__).with_name("dist_loss_worker.py")), str(out))
+    results = json.loads(out.read_text())
+    assert set(results) == {"negclip", "degla-fixed", "degla-reference", "degla-mean-grad", "ce-clip"}
+    assert set(results["degla-fixed"]["single"]) == {"contrastive_loss", "igc_loss", "tgc_loss", "distill_loss"}
+    for name, entry in results.items():
+        for mode in ("distributed", "local"):
+            if mode in entry:
+                assert entry[mode] == pytest.approx(entry["single"], abs=1e-5), (name, mode)
 
 
 def test_two_process_training_and_resume(tmp_path, tiny_csv):

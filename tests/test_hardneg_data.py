@@ -319,7 +319,13 @@ def test_num_batches_and_samples_single_process(tmp_path, tok):
     info = build(_csv_case(tmp_path, csv_rows(tmp_path, 10), batch_size=3), tok)
     loader = info.dataloader
     assert (loader.num_samples, loader.num_batches, len(list(loader))) == (10, 3, 3)
-    assert info.sampler is None and loader.drop_last
+    assert loader.drop_last and info.sampler.num_replicas == 1
+    # the order is a function of (seed, epoch) only, so a resumed run sees the same batches
+    orders = []
+    for epoch in (0, 1, 0):
+        info.set_epoch(epoch)
+        orders.append(list(info.sampler))
+    assert orders[0] == orders[2] != orders[1] and sorted(orders[0]) == list(range(10))
 
 
 def test_distributed_sampler_and_set_epoch(tmp_path, tok):

@@ -95,3 +95,66 @@ def test_cli_refuses_plain_model_with_hardneg_loss(tmp_path, tiny_csv):
                             "--hardneg-format", "csv", "--train-data", str(tiny_csv)))
     assert proc.returncode == 2
     assert "negclip-ViT-B-32" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- DeGLA / CE-CLIP
+
+def _degla_argv(tmp_path, name, tiny_csv, *extra):
+    return train_argv(tmp_path, name, "--model", "degla-tiny-ViT", "--loss", "degla", "--hardneg-format", "csv",
+                      "--train-data", str(tiny_csv), "--log-every-n-steps", "1", *extra)
+
+
+def test_degla_trains_logs_every_term_and_saves_the_teacher(tmp_path, tiny_csv):
+    assert plugin_main(_degla_argv(tmp_path, "degla", tiny_csv, "--ema-decay", "0.5")) is None
+    log = _log(tmp_path, "degla")
+    for key in ("Contrastive_loss", "Igc_loss", "Tgc_loss", "Distill_loss"):
+        assert key in log, key
+    assert re.findall(r"EMA teacher: step (\d+)", log) == ["1", "2", "3", "4"]
+    state = _checkpoint(tmp_path, "degla")["state_dict"]
+    conv, teacher_conv = state["visual.conv1.weight"], state["teacher.visual.conv1.weight"]
+    assert not torch.equal(conv, teacher_conv)  # decay 0.5 after 4 steps: close to, not equal to, the student
+    assert (conv - teacher_conv).abs().max() < 0.2 * (conv.abs().max())
+
+
+def test_degla_accum_freq_updates_the_teacher_once_per_optimizer_step(tmp_path, tiny_csv):
+    assert plugin_main(_degla_argv(tmp_path, "accum", tiny_csv, "--accum-freq", "2")) is None
+    assert re.findall(r"EMA teacher: step (\d+)", _log(tmp_path, "accum")) == ["1", "2"]  # 4 batches, 2 steps
+
+
+def test_degla_resume_gives_the_same_student_and_teacher(tmp_path, tiny_csv):
+    """2 epochs straight vs epoch 1's checkpoint + --resume + epoch 2: same weights (teacher included)."""
+    common = ["--save-frequency", "1", "--aug-cfg", "scale=(1.0,1.0)", "--ema-decay", "0.7"]
+    straight = _degla_argv(tmp_path, "straight", tiny_csv, *common)
+    straight[straight.index("--epochs") + 1] = "2"
+    assert plugin_main(straight) is None
+    resumed = _degla_argv(tmp_path, "resumed", tiny_csv, *common, "--resume",
+                          str(tmp_path / "logs" / "straight" / "checkpoints" / "epoch_1.pt"))
+    resumed[resumed.index("--epochs") + 1] = "2"
+    assert plugin_main(resumed) is None
+    a, b = _checkpoint(tmp_path, "straight", 2)["state_dict"], _checkpoint(tmp_path, "resumed", 2)["state_dict"]
+    first = _checkpoint(tmp_path, "straight", 1)["state_dict"]
+    assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    assert not torch.equal(first["teacher.visual.conv1.weight"], a["teacher.visual.conv1.weight"])
+
+
+def test_ce_clip_trains_and_logs_its_terms(tmp_path, tiny_csv):
+    argv = train_argv(tmp_path, "ce", "--model", "hardneg-tiny-ViT", "--loss", "ce-clip", "--hardneg-format", "csv",
+                      "--train-data", str(tiny_csv), "--ceclip-imc-mode", "reference")
+    assert plugin_main(argv) is None
+    log = _log(tmp_path, "ce")
+    assert all(key in log for key in ("Contrastive_loss", "Imc_loss", "Cmr_loss"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "hardneg-tiny-ViT"], "degla-tiny-ViT"),
+    (["--model", "degla-tiny-ViT", "--distill-model", "ViT-S-32-alt", "--distill-pretrained", "x"], "--distill-model"),
+    (["--model", "degla-tiny-ViT", "--ema-decay", "1.5"], "--ema-decay"),
+    (["--model", "degla-tiny-ViT", "--local-loss", "--loss", "ce-clip"], "--local-loss"),
+], ids=["no-teacher", "distill-model", "decay", "ceclip-local"])
+def test_cli_rejects_bad_degla_setups_in_one_line(tmp_path, tiny_csv, extra, message):
+    proc = _cli(*train_argv(tmp_path, "bad", "--loss", "degla", "--hardneg-format", "csv",
+                            "--train-data", str(tiny_csv), *extra))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr

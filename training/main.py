@@ -7,6 +7,7 @@
 Every open_clip_train flag is accepted; ``--help`` lists ours first. Under torchrun put ``--`` before the
 script's flags (torchrun would otherwise take ``--logs`` as its own ``--logs-specs``).
 """
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -31,6 +32,10 @@ def cli() -> None:
     except (PluginUsageError, HardNegDataError) as err:
         print(f"training.main: error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:  # open_clip_train sets every logger to INFO; keep torch's exit-time stats dump off the console
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch"):
+                logging.getLogger(name).setLevel(logging.WARNING)
     sys.exit(1 if result == -1 else 0)
 
 

@@ -395,13 +395,12 @@ def _map_style_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNe
     if len(dataset) < global_batch:
         _fail(args.train_data, f"only {len(dataset)} usable rows, fewer than one global batch "
                                f"(--batch-size {args.batch_size} x {args.world_size} processes)")
-    sampler = (DistributedSampler(dataset, num_replicas=args.world_size, rank=args.rank, shuffle=True,
-                                  seed=args.seed) if args.distributed else None)
+    # also for one process: the order is a function of (seed, epoch), so a resumed run sees the same batches
+    sampler = DistributedSampler(dataset, num_replicas=args.world_size, rank=args.rank, shuffle=True, seed=args.seed)
     dataloader = HardNegDataLoader(
         dataset,
         skipped=dataset.skipped,
         batch_size=args.batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=args.workers,
         pin_memory=torch.cuda.is_available(),

@@ -1,70 +1,177 @@
-"""DeGLA loss terms on gathered, L2-normalised features (``../shared/spec/degla.md`` §2).
+"""DeGLA loss (``--loss degla``; ``../shared/spec/degla.md`` §2).
 
 Layout (image-major, global over ranks): N images ``V [N,D]``, positives ``T [N,D]``, negatives
-``Tn [N,K,D]`` (t̄_{n,k} is column ``N + n*K + k`` of the text pool), and the EMA teacher's copies ``V*``,
-``T*``, ``Tn*``. ``valid [N,K]`` is False for padded negatives, which every term ignores.
+``Tn [N,K,D]`` (t̄_{n,k} is column ``N + n*K + k`` of the text pool ``P = [T ; Tn.flatten]``), the EMA
+teacher's copies ``V*``, ``T*``, ``Tn*`` and ``valid [N,K]`` (False for padded negatives, which every term
+ignores). All features are L2-normalised; s is the student's (exp'ed) logit scale, τ the fixed TGC scale.
 
-    L = L_base + λ_I·IGC + λ_T·TGC + λ_D·distill
+    base    = ½ [CE(s·V Pᵀ, i) + CE(s·T Vᵀ, i)]        image→text over all N(1+K) texts, text→image positives only
+    IGC     = mean_i CE(s·[v_i·t_i, v_i·t̄_{i,0..K-1}], 0)
+    TGC     = mean_i CE(τ·[t_i·t*_i, t_i·t̄_{i,0..K-1}], 0)    ('fixed'; 'reference' uses the tiling mask)
+    distill = Σ ||v − v*||² + Σ ||t − t*||² + Σ ||t̄ − t̄*||²  ('sum'; 'mean' divides by the vector count)
+    L = base + λ_I·IGC + λ_T·TGC + λ_D·distill
 
-The module that plugs these into training (teacher, flags, registration as ``--loss degla``) belongs to the
-DeGLA issue; these functions are complete and tested on their own.
+IGC is read off the base logits (no extra matmul); TGC is an (N, 1+K) gather instead of the reference's
+masked N × N(1+K) matrix. Every block is gathered across ranks separately, so 1 and N processes give the same
+values (the local slot carries the gradient).
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .gather import gather_blocks
 
-def _masked(logits: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Set the negative columns ``[:, 1:]`` of ``logits [N, 1+K]`` to −inf where ``valid [N,K]`` is False."""
+TGC_MODES = ("fixed", "reference")
+DISTILL_REDUCTIONS = ("sum", "mean")
+
+
+def tgc_reference_columns(n: int, k: int, device=None) -> torch.Tensor:
+    """The released code's tiling mask as indices: row i sees flat negatives ``k*N + i`` → ``[N, K]``.
+
+    Flat negative m belongs to sample m // K, slot m % K, so row i mostly sees *other* captions' negatives
+    (spec §2.4). The interleaved (correct) map would be ``i*K + k``.
+    """
+    return torch.arange(k, device=device).unsqueeze(0) * n + torch.arange(n, device=device).unsqueeze(1)
+
+
+def _mask_negatives(logits: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Set columns ``[:, 1:]`` of ``logits [R, 1+K]`` to −inf where ``valid [R, K]`` is False."""
     if valid is None:
         return logits
     keep = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
     return logits.masked_fill(~keep, float("-inf"))
 
 
-def igc_loss(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor,
-             valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Image-Grounded Contrast: each image vs its own positive and its own K negatives, at scale ``s``.
+def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor,
+                teacher_image: Optional[torch.Tensor] = None, teacher_text: Optional[torch.Tensor] = None,
+                teacher_neg: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None, tgc_scale: float = 10.0, tgc_mode: str = "fixed",
+                distill_reduction: str = "sum", distill_negatives: bool = True,
+                need_tgc: bool = True, need_distill: bool = True) -> Dict[str, torch.Tensor]:
+    """Unweighted DeGLA terms ``{base, igc, tgc, distill}`` on global features.
 
-    image, text [N,D]; neg [N,K,D]. Mean over rows of CE(s·[v·t, v·t̄_0..K-1], 0).
+    image, text [N,D]; neg [N,K,D]; teacher_* the same shapes (detached here); valid [N,K] bool.
+    ``rows`` (global indices, default all N) are the query rows: every CE term averages over them, distill
+    sums over them (``--local-loss`` passes this rank's rows). TGC/distill are skipped (absent from the
+    result) when not needed, so a run without a teacher can still train base + IGC.
     """
-    logits = scale * torch.cat([(image * text).sum(-1, keepdim=True), torch.einsum("nd,nkd->nk", image, neg)], 1)
-    return F.cross_entropy(_masked(logits, valid), torch.zeros(len(image), dtype=torch.long, device=image.device))
-
-
-def tgc_loss(text: torch.Tensor, teacher_text: torch.Tensor, neg: torch.Tensor, scale: float = 10.0,
-             valid: Optional[torch.Tensor] = None, mode: str = "fixed") -> torch.Tensor:
-    """Text-Grounded Contrast: student positive t_i vs the teacher's t*_i (positive) and negatives.
-
-    ``fixed``: the negatives are t_i's own K negatives. ``reference``: the released code's tiling mask, under
-    which row i sees negatives ``k*N + i`` (k = 0..K-1) of the flat negative list instead (spec §2.4).
-    text, teacher_text [N,D]; neg [N,K,D]; fixed scale τ (default 10).
-    """
-    n, k, _ = neg.shape
-    target_pos = (text * teacher_text.detach()).sum(-1, keepdim=True)
-    if mode == "fixed":
-        logits = scale * torch.cat([target_pos, torch.einsum("nd,nkd->nk", text, neg)], 1)
-        return F.cross_entropy(_masked(logits, valid), torch.zeros(n, dtype=torch.long, device=text.device))
-    if mode != "reference":
-        raise ValueError(f"tgc mode must be 'fixed' or 'reference', got {mode!r}")
-    flat_neg = neg.reshape(n * k, -1)
-    columns = torch.stack([kk * n + torch.arange(n, device=text.device) for kk in range(k)], 1)  # [N,K]
-    neg_logits = (text.unsqueeze(1) * flat_neg[columns]).sum(-1)
+    n, k, d = neg.shape
+    device = image.device
+    local = rows is not None
+    rows = torch.arange(n, device=device) if rows is None else rows
+    pool = torch.cat([text, neg.reshape(n * k, d)])
+    q_image, q_text = image[rows], text[rows]
+    logits_image = scale * q_image @ pool.T  # [R, N(1+K)]
     if valid is not None:
-        valid = valid.reshape(-1)[columns]
-    logits = scale * torch.cat([target_pos, neg_logits], 1)
-    return F.cross_entropy(_masked(logits, valid), torch.zeros(n, dtype=torch.long, device=text.device))
+        keep = torch.cat([torch.ones(n, dtype=torch.bool, device=device), valid.reshape(-1)])
+        logits_image = logits_image.masked_fill(~keep, float("-inf"))
+    logits_text = scale * q_text @ image.T if local else logits_image[:, :n].T
+    terms = {"base": (F.cross_entropy(logits_image, rows) + F.cross_entropy(logits_text, rows)) / 2}
+
+    own = torch.cat([rows.unsqueeze(1), n + rows.unsqueeze(1) * k + torch.arange(k, device=device)], 1)
+    zeros = torch.zeros(len(rows), dtype=torch.long, device=device)
+    terms["igc"] = F.cross_entropy(logits_image.gather(1, own), zeros)
+
+    if need_tgc:
+        if tgc_mode == "fixed":
+            q_neg, q_valid = neg[rows], None if valid is None else valid[rows]
+        elif tgc_mode == "reference":
+            columns = tgc_reference_columns(n, k, device)[rows]
+            q_neg = neg.reshape(n * k, d)[columns]
+            q_valid = None if valid is None else valid.reshape(-1)[columns]
+        else:
+            raise ValueError(f"--degla-tgc-mode must be one of {TGC_MODES}, got {tgc_mode!r}")
+        positive = (q_text * teacher_text[rows].detach()).sum(-1, keepdim=True)
+        logits = tgc_scale * torch.cat([positive, torch.einsum("rd,rkd->rk", q_text, q_neg)], 1)
+        terms["tgc"] = F.cross_entropy(_mask_negatives(logits, q_valid), zeros)
+
+    if need_distill:
+        if distill_reduction not in DISTILL_REDUCTIONS:
+            raise ValueError(f"--degla-distill-reduction must be one of {DISTILL_REDUCTIONS}, got {distill_reduction!r}")
+        total = (image[rows] - teacher_image[rows].detach()).pow(2).sum() \
+            + (q_text - teacher_text[rows].detach()).pow(2).sum()
+        count = 2 * len(rows)
+        if distill_negatives:
+            per_vector = (neg[rows] - teacher_neg[rows].detach()).pow(2).sum(-1)  # [R, K]
+            if valid is not None:
+                per_vector = per_vector * valid[rows]
+            total = total + per_vector.sum()
+            count += int(valid[rows].sum()) if valid is not None else len(rows) * k
+        terms["distill"] = total if distill_reduction == "sum" else total / count
+    return terms
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Squared error between student and (detached) teacher embeddings ``[M, D]``.
+class DeGLALoss(torch.nn.Module):
+    """``--loss degla``: returns the *weighted* terms ``{contrastive_loss, igc_loss, tgc_loss, distill_loss}``.
 
-    ``sum`` over all elements (the paper's); ``mean`` divides by the number of vectors M.
+    Terms whose weight is 0 are not computed (they read 0, and need no teacher). With 2-D text (no negatives, e.g. a
+    validation pass) only the plain CLIP contrastive loss is returned.
     """
-    total = (student - teacher.detach()).pow(2).sum()
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        return total / student.shape[0]
-    raise ValueError(f"distill reduction must be 'sum' or 'mean', got {reduction!r}")
+
+    def __init__(self, igc_weight: float = 0.1, tgc_weight: float = 0.1, distill_weight: float = 0.005,
+                 tgc_scale: float = 10.0, tgc_mode: str = "fixed", distill_reduction: str = "sum",
+                 distill_negatives: bool = True, local_loss: bool = False, gather_with_grad: bool = False,
+                 rank: int = 0, world_size: int = 1, use_horovod: bool = False):
+        super().__init__()
+        if tgc_mode not in TGC_MODES:
+            raise ValueError(f"--degla-tgc-mode must be one of {TGC_MODES}, got {tgc_mode!r}")
+        if distill_reduction not in DISTILL_REDUCTIONS:
+            raise ValueError(f"--degla-distill-reduction must be one of {DISTILL_REDUCTIONS}, got {distill_reduction!r}")
+        for flag, value in (("--degla-igc-weight", igc_weight), ("--degla-tgc-weight", tgc_weight),
+                            ("--degla-distill-weight", distill_weight), ("--degla-tgc-scale", tgc_scale)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
+        self.igc_weight, self.tgc_weight, self.distill_weight = igc_weight, tgc_weight, distill_weight
+        self.tgc_scale, self.tgc_mode = tgc_scale, tgc_mode
+        self.distill_reduction, self.distill_negatives = distill_reduction, distill_negatives
+        self.local_loss, self.gather_with_grad, self.use_horovod = local_loss, gather_with_grad, use_horovod
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.tgc_weight > 0 or self.distill_weight > 0
+
+    def _gather(self, *blocks):
+        return gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
+                             gather_with_grad=self.gather_with_grad, use_horovod=self.use_horovod)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
+                teacher_image_features: Optional[torch.Tensor] = None,
+                teacher_text_features: Optional[torch.Tensor] = None,
+                teacher_neg_text_features: Optional[torch.Tensor] = None,
+                output_dict: bool = False, **unused):
+        with torch.autocast(device_type=image_features.device.type, enabled=False):  # all terms in fp32
+            out = self._terms(image_features, text_features, logit_scale, neg_text_features, neg_text_valid,
+                              teacher_image_features, teacher_text_features, teacher_neg_text_features)
+        return out if output_dict else sum(out.values())
+
+    def _terms(self, image_features, text_features, logit_scale, neg_text_features, neg_text_valid,
+               teacher_image_features, teacher_text_features, teacher_neg_text_features) -> Dict[str, torch.Tensor]:
+        batch = image_features.shape[0]
+        rows = None
+        if self.local_loss:
+            rows = torch.arange(batch, device=image_features.device) + batch * self.rank
+        if neg_text_features is None:  # 2-D text: plain CLIP InfoNCE (K = 0)
+            image, text = self._gather(image_features.float(), text_features.float())
+            empty = text.new_zeros(len(text), 0, text.shape[-1])
+            base = degla_terms(image, text, empty, logit_scale.float(), rows=rows, need_tgc=False,
+                               need_distill=False)["base"]
+            return {"contrastive_loss": base}
+        if self.needs_teacher and (teacher_image_features is None or teacher_text_features is None
+                                   or teacher_neg_text_features is None):
+            raise ValueError("--loss degla with --degla-tgc-weight/--degla-distill-weight > 0 needs the EMA "
+                             "teacher's features: train a model with an EMA teacher (e.g. degla-ViT-B-32)")
+        blocks = [image_features, text_features, neg_text_features, neg_text_valid,
+                  teacher_image_features, teacher_text_features, teacher_neg_text_features]
+        blocks = [b.float() if b is not None and b.is_floating_point() else b for b in blocks]
+        image, text, neg, valid, t_image, t_text, t_neg = self._gather(*blocks)
+        terms = degla_terms(image, text, neg, logit_scale.float(), t_image, t_text, t_neg, valid, rows=rows,
+                            tgc_scale=self.tgc_scale, tgc_mode=self.tgc_mode,
+                            distill_reduction=self.distill_reduction, distill_negatives=self.distill_negatives,
+                            need_tgc=self.tgc_weight > 0, need_distill=self.distill_weight > 0)
+        zero = terms["base"].new_zeros(())
+        return {"contrastive_loss": terms["base"], "igc_loss": self.igc_weight * terms["igc"],
+                "tgc_loss": self.tgc_weight * terms["tgc"] if "tgc" in terms else zero,
+                "distill_loss": self.distill_weight * terms["distill"] if "distill" in terms else zero}

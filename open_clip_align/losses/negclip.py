@@ -13,7 +13,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import gather_features
+
+from .gather import gather_blocks
 
 
 def negclip_logits(image: torch.Tensor, text: torch.Tensor, neg: Optional[torch.Tensor],
@@ -46,15 +47,18 @@ class NegCLIPLoss(torch.nn.Module):
         self.world_size = world_size
         self.use_horovod = use_horovod
 
-    def _gather(self, a: torch.Tensor, b: torch.Tensor):
-        if self.world_size == 1:
-            return a, b
-        return gather_features(a, b, self.local_loss, self.gather_with_grad, self.rank, self.world_size,
-                               self.use_horovod)
+    def _gather(self, *blocks: torch.Tensor):
+        return gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
+                             gather_with_grad=self.gather_with_grad, use_horovod=self.use_horovod)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
                 output_dict: bool = False, **unused):
+        with torch.autocast(device_type=image_features.device.type, enabled=False):  # the loss in fp32
+            loss = self._loss(image_features, text_features, logit_scale, neg_text_features, neg_text_valid)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def _loss(self, image_features, text_features, logit_scale, neg_text_features, neg_text_valid):
         batch = image_features.shape[0]
         all_image, all_text = self._gather(image_features.float(), text_features.float())
         all_neg = all_valid = None
@@ -74,5 +78,4 @@ class NegCLIPLoss(torch.nn.Module):
             labels = torch.arange(all_image.shape[0], device=image_features.device)
         logits_per_image = negclip_logits(query_image, all_text, all_neg, all_valid, logit_scale)
         logits_per_text = logit_scale * query_text @ all_image.T
-        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
-        return {"contrastive_loss": loss} if output_dict else loss
+        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2

@@ -1,15 +1,23 @@
-"""CLIP that encodes hard negative captions alongside the positive one.
+"""CLIP that encodes hard negative captions alongside the positive one, optionally with an EMA teacher.
 
 The training data yields text of shape ``[B, 1+K, L]`` (row 0 the positive, rows 1..K negatives, an
 all-zero row a padded/invalid negative). All outputs are batch-first so open_clip_train's
 ``--accum-freq`` caching (which concatenates every output key along dim 0) works unchanged.
+
+With ``ema_teacher`` (config block ``"ema_teacher": true``) the model owns a frozen plain ``CLIP`` copy of
+itself as the registered submodule ``teacher``: saved and resumed under ``teacher.`` like any weight, skipped
+by the optimizer (no grad) and by DDP's gradient sync, never switched to train mode, and updated by
+``update_teacher()`` from the optimizer step hook in ``ema.py`` (parameters matched by name).
 """
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from open_clip.model import CLIP
 
+from .ema import ema_update_, relative_distance
 from .registry import register_arch
+
+TEACHER = "teacher."
 
 
 def split_hardneg_text(features: torch.Tensor, batch: int):
@@ -27,10 +35,73 @@ class HardNegCLIP(CLIP):
     them (open_clip's ``ClipLoss`` raises on unknown keyword arguments).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, ema_teacher: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.output_dict = True
         self.emit_hardneg = False
+        self.emit_teacher = False
+        self.ema_decay = 0.9996
+        self.ema_steps = 0
+        self._ema_cache: Optional[Tuple[List[torch.Tensor], ...]] = None
+        self.teacher: Optional[CLIP] = None
+        if ema_teacher:
+            teacher = CLIP(*args, **kwargs)
+            teacher.load_state_dict(self.state_dict())
+            self.teacher = teacher.requires_grad_(False).eval()
+            self._ema_pairs()  # asserts matching names and shapes now, not at the first step
+
+    # ------------------------------------------------------------------ EMA teacher
+
+    @property
+    def plugin_state_prefixes(self) -> Tuple[str, ...]:
+        """State-dict prefixes plain CLIP checkpoints lack (loading may miss them; export strips them)."""
+        return (TEACHER,) if self.teacher is not None else ()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        self._ema_cache = None  # device/dtype moves may replace parameter tensors
+        return super()._apply(fn, *args, **kwargs)
+
+    def _ema_pairs(self) -> Tuple[List[torch.Tensor], ...]:
+        """(teacher params, student params, teacher buffers, student buffers), matched by name."""
+        if self._ema_cache is None:
+            student = {n: p for n, p in self.named_parameters() if not n.startswith(TEACHER)}
+            teacher = dict(self.teacher.named_parameters())
+            if student.keys() != teacher.keys() or any(student[n].shape != teacher[n].shape for n in student):
+                raise RuntimeError(f"EMA teacher does not mirror the student: {sorted(student.keys() ^ teacher.keys())[:5]}")
+            s_buf = {n: b for n, b in self.named_buffers() if not n.startswith(TEACHER)}
+            t_buf = dict(self.teacher.named_buffers())
+            names = sorted(student)
+            self._ema_cache = ([teacher[n] for n in names], [student[n].detach() for n in names],
+                               [t_buf[n] for n in sorted(t_buf)], [s_buf[n] for n in sorted(t_buf)])
+        return self._ema_cache
+
+    def first_trainable_parameter(self) -> Optional[torch.nn.Parameter]:
+        return next((p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(TEACHER)), None)
+
+    @torch.no_grad()
+    def update_teacher(self, decay: Optional[float] = None) -> None:
+        """θ_T ← α·θ_T + (1−α)·θ_S for every parameter (fused); buffers are copied."""
+        t_params, s_params, t_bufs, s_bufs = self._ema_pairs()
+        ema_update_(t_params, s_params, self.ema_decay if decay is None else decay)
+        for t_buf, s_buf in zip(t_bufs, s_bufs):
+            t_buf.copy_(s_buf)
+        self.ema_steps += 1
+
+    def teacher_drift(self) -> float:
+        t_params, s_params, _, _ = self._ema_pairs()
+        return relative_distance(t_params, s_params)
+
+    def after_pretrained_load(self, missing_keys) -> None:
+        """A plain CLIP checkpoint has no ``teacher.*``: start the teacher from the loaded student."""
+        if self.teacher is not None and any(k.startswith(TEACHER) for k in missing_keys):
+            student = {k: v for k, v in self.state_dict().items() if not k.startswith(TEACHER)}
+            self.teacher.load_state_dict(student)
 
     def encode_text_with_negatives(self, text: torch.Tensor, normalize: bool = True):
         """Encode ``text [B, 1+K, L]`` in one pass.
@@ -49,6 +120,10 @@ class HardNegCLIP(CLIP):
             image: Optional[torch.Tensor] = None,
             text: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
+        """Returns ``image_features [B,D]``, ``text_features [B,D]``, ``logit_scale`` (exp'ed), and with
+        ``[B,1+K,L]`` text and ``emit_hardneg``: ``neg_text_features [B,K,D]``, ``neg_text_valid [B,K]``; in
+        training with ``emit_teacher`` also ``teacher_image_features``, ``teacher_text_features``,
+        ``teacher_neg_text_features`` (no grad). All features L2-normalised."""
         out: Dict[str, torch.Tensor] = {}
         if image is not None:
             out["image_features"] = self.encode_image(image, normalize=True)
@@ -58,7 +133,18 @@ class HardNegCLIP(CLIP):
                 out.update(text_features=pos, neg_text_features=neg, neg_text_valid=valid)
             else:
                 out["text_features"] = self.encode_text(text[:, 0] if text.ndim == 3 else text, normalize=True)
+        if self.training and self.emit_teacher and self.teacher is not None and text is not None and text.ndim == 3:
+            out.update(self._teacher_features(image, text))
         out["logit_scale"] = self.logit_scale.exp()
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
+        return out
+
+    @torch.no_grad()
+    def _teacher_features(self, image: Optional[torch.Tensor], text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out = {}
+        if image is not None:
+            out["teacher_image_features"] = self.teacher.encode_image(image, normalize=True)
+        flat = self.teacher.encode_text(text.reshape(-1, text.shape[-1]), normalize=True)
+        out["teacher_text_features"], out["teacher_neg_text_features"] = split_hardneg_text(flat, text.shape[0])
         return out

@@ -1,0 +1,160 @@
+"""CE-CLIP loss (``--loss ce-clip``): NegCLIP's hard-negative contrast plus intra-modal contrast and a rank loss.
+
+Layout (image-major, global over ranks): N images ``V [N,D]``, positives ``T [N,D]``, negatives ``Tn [N,K,D]``
+(t̄_{n,k} is column ``N + n*K + k`` of the text pool), ``valid [N,K]`` False for padded negatives, which every
+term ignores; s is the (already exponentiated) logit scale.
+
+    L     = itc + λ_imc·IMC + λ_cmr·CMR
+    itc   = ½ [ CE(s · V Pᵀ, arange N) + CE(s · T Vᵀ, arange N) ]                 (NegCLIP, K negatives)
+    CMR   = mean over valid (i,k) of relu(θ_k + s·v_i·t̄_{i,k} − s·v_i·t_i)
+    θ_k   = clamp(mean_i s·v_i·t_i − mean_{valid i} s·v_i·t̄_{i,k}, 0, upper_bound), detached   ('mean')
+          = fixed_threshold                                                                  ('fixed')
+    IMC   = mean_i CE([s·v_i·t_i, s·t_i·t̄_allᵀ], 0)           ('paper': the image-text match beats all N·K negatives)
+          = mean_i CE(s·t_i·t̄_allᵀ, 0)                         ('reference': the released label bug)
+
+θ is recomputed from each batch (the released code applies the previous batch's θ). Every term is computed in
+fp32 with autocast disabled.
+"""
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from .gather import gather_blocks
+from .negclip import negclip_logits
+
+IMC_MODES = ("paper", "reference")
+THRESHOLD_TYPES = ("mean", "fixed")
+
+
+def _pair_logits(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor):
+    """``s·v_i·t_i`` [N] and ``s·v_i·t̄_{i,k}`` [N,K] for image, text [N,D] and neg [N,K,D]."""
+    return scale * (image * text).sum(-1), scale * torch.einsum("nd,nkd->nk", image, neg)
+
+
+def _all_valid(neg: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    if valid is None:
+        return torch.ones(neg.shape[:2], dtype=torch.bool, device=neg.device)
+    return valid.bool()
+
+
+def cmr_thresholds(pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                   threshold_type: str = "mean", fixed_threshold: float = 10.0,
+                   upper_bound: Optional[float] = 10.0) -> torch.Tensor:
+    """Per-slot CMR margins θ [K], detached.
+
+    pos_logits [N] (s·v_i·t_i), neg_logits [N,K] (s·v_i·t̄_{i,k}), valid [N,K] bool. ``mean``: mean positive
+    logit minus the mean valid logit of slot k, clamped to [0, upper_bound] (no upper clamp if None); a slot
+    with no valid entry gets 0. ``fixed``: ``fixed_threshold`` for every slot.
+    """
+    k = neg_logits.shape[1]
+    if threshold_type == "fixed":
+        return neg_logits.new_full((k,), float(fixed_threshold))
+    if threshold_type != "mean":
+        raise ValueError(f"--ceclip-threshold-type must be one of {THRESHOLD_TYPES}, got {threshold_type!r}")
+    valid = _all_valid(neg_logits, valid)
+    pos_logits, neg_logits = pos_logits.detach(), neg_logits.detach()
+    count = valid.sum(0)
+    neg_mean = neg_logits.masked_fill(~valid, 0).sum(0) / count.clamp(min=1)
+    theta = (pos_logits.mean() - neg_mean).clamp(min=0, max=upper_bound)
+    return torch.where(count > 0, theta, torch.zeros_like(theta))
+
+
+def cmr_loss(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor,
+             valid: Optional[torch.Tensor] = None,
+             thresholds: Optional[Union[torch.Tensor, float]] = None) -> torch.Tensor:
+    """Cross-modal rank loss: mean over valid (i,k) of relu(θ_k + s·v_i·t̄_{i,k} − s·v_i·t_i).
+
+    image, text [N,D]; neg [N,K,D]; valid [N,K] bool; thresholds θ [K] or a scalar (None: the ``mean``
+    margins of this batch). With no valid pair the loss is 0 (still attached to the graph).
+    """
+    valid = _all_valid(neg, valid)
+    pos, negl = _pair_logits(image, text, neg, scale)
+    if thresholds is None:
+        thresholds = cmr_thresholds(pos, negl, valid)
+    hinge = F.relu(thresholds + negl - pos.unsqueeze(1))
+    return torch.where(valid, hinge, torch.zeros_like(hinge)).sum() / valid.sum().clamp(min=1)
+
+
+def imc_loss(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor,
+             valid: Optional[torch.Tensor] = None, mode: str = "paper") -> torch.Tensor:
+    """Intra-modal contrast: each positive text t_i against all N·K negatives of the batch (image-major).
+
+    image, text [N,D]; neg [N,K,D]; valid [N,K] bool (invalid columns −inf). ``paper``: logits
+    [s·v_i·t_i, s·t_i·t̄_allᵀ] with target 0. ``reference``: logits s·t_i·t̄_allᵀ with target 0 for every row,
+    column 0 (t̄_{0,0}) never masked.
+    """
+    if mode not in IMC_MODES:
+        raise ValueError(f"--ceclip-imc-mode must be one of {IMC_MODES}, got {mode!r}")
+    n, k, d = neg.shape
+    keep = _all_valid(neg, valid).reshape(n * k)
+    text_neg = scale * text @ neg.reshape(n * k, d).T
+    if mode == "paper":
+        logits = torch.cat([scale * (image * text).sum(-1, keepdim=True), text_neg], 1)
+        keep = torch.cat([keep.new_ones(1), keep])
+    else:
+        logits = text_neg
+        keep = keep.clone()
+        keep[0] = True
+    logits = logits.masked_fill(~keep, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device))
+
+
+class CEClipLoss(torch.nn.Module):
+    """CE-CLIP loss (``--loss ce-clip``); returns ``{"contrastive_loss", "imc_loss", "cmr_loss"}`` (weighted).
+
+    Without ``neg_text_features`` (e.g. the validation loop's 2-D text) it is plain CLIP InfoNCE and returns
+    ``{"contrastive_loss"}`` only.
+    """
+
+    def __init__(self, imc_weight: float = 0.3, cmr_weight: float = 0.2, imc_mode: str = "paper",
+                 threshold_type: str = "mean", fixed_threshold: float = 10.0, upper_bound: Optional[float] = 10.0,
+                 local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0, world_size: int = 1,
+                 use_horovod: bool = False):
+        super().__init__()
+        if imc_mode not in IMC_MODES:
+            raise ValueError(f"--ceclip-imc-mode must be one of {IMC_MODES}, got {imc_mode!r}")
+        if threshold_type not in THRESHOLD_TYPES:
+            raise ValueError(f"--ceclip-threshold-type must be one of {THRESHOLD_TYPES}, got {threshold_type!r}")
+        if local_loss:
+            raise ValueError("--local-loss is not supported by --loss ce-clip: its IMC and CMR terms need the "
+                             "gathered global batch")
+        self.imc_weight = imc_weight
+        self.cmr_weight = cmr_weight
+        self.imc_mode = imc_mode
+        self.threshold_type = threshold_type
+        self.fixed_threshold = fixed_threshold
+        self.upper_bound = upper_bound
+        self.gather_with_grad = gather_with_grad
+        self.rank = rank
+        self.world_size = world_size
+        self.use_horovod = use_horovod
+
+    def _gather(self, *blocks):
+        return gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
+                             gather_with_grad=self.gather_with_grad, use_horovod=self.use_horovod)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
+                output_dict: bool = False, **unused):
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            losses = self._losses(image_features.float(), text_features.float(), logit_scale.float(),
+                                  neg_text_features, neg_text_valid)
+        return losses if output_dict else sum(losses.values())
+
+    def _losses(self, image, text, scale, neg, valid):
+        if neg is None:
+            image, text = self._gather(image, text)
+            labels = torch.arange(image.shape[0], device=image.device)
+            logits = scale * image @ text.T
+            return {"contrastive_loss": (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2}
+        valid = _all_valid(neg, valid)
+        image, text, neg, valid = self._gather(image, text, neg.float(), valid)
+        labels = torch.arange(image.shape[0], device=image.device)
+        itc = (F.cross_entropy(negclip_logits(image, text, neg, valid, scale), labels)
+               + F.cross_entropy(scale * text @ image.T, labels)) / 2
+        thresholds = cmr_thresholds(*_pair_logits(image, text, neg, scale), valid, self.threshold_type,
+                                    self.fixed_threshold, self.upper_bound)
+        return {"contrastive_loss": itc,
+                "imc_loss": self.imc_weight * imc_loss(image, text, neg, scale, valid, self.imc_mode),
+                "cmr_loss": self.cmr_weight * cmr_loss(image, text, neg, scale, valid, thresholds)}
