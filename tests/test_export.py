@@ -121,27 +121,24 @@ def test_round_trip_matches_the_plugin_model_in_plain_open_clip(tmp_path, plugin
     assert result["pixels"].shape == (3, 64, 64) and torch.equal(result["pixels"], expected_pixels)
 
 
-def test_plugin_owned_weights_are_stripped(tmp_path, monkeypatch):
-    original_init = HardNegCLIP.__init__
-
-    def init_with_teacher(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.teacher = torch.nn.Linear(4, 4)
-
-    monkeypatch.setattr(HardNegCLIP, "__init__", init_with_teacher)
-    monkeypatch.setattr(HardNegCLIP, "plugin_state_prefixes", ("teacher.",), raising=False)
-    model = _perturbed_model()
+def test_the_ema_teacher_is_stripped_and_the_student_exported(tmp_path):
+    model = _perturbed_model("degla-tiny-ViT")
+    with torch.no_grad():
+        model.teacher.visual.conv1.weight.mul_(3)  # the teacher differs from the student, as after training
     state = model.state_dict()
-    assert {"teacher.weight", "teacher.bias"} <= set(state)
+    assert any(k.startswith("teacher.") for k in state)
 
-    out = export_local_dir(_save_run(tmp_path, state), tmp_path / "with-teacher")
+    out = export_local_dir(_save_run(tmp_path, state, params="model: degla-tiny-ViT\n"), tmp_path / "degla")
     keys = _exported_keys(out)
-    assert not any(k.startswith("teacher.") for k in keys)
     assert keys == _plain_keys(out) == {k for k in state if not k.startswith("teacher.")}
+    plain, _, _ = open_clip.create_model_and_transforms("local-dir:" + str(out))
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # the student's features, not the teacher's
+        torch.testing.assert_close(plain.eval().encode_image(image), model.encode_image(image), atol=1e-6, rtol=0)
 
     bare = tmp_path / "bare.pt"  # a bare state dict without the plugin-owned keys is fine too
     torch.save({k: v for k, v in state.items() if not k.startswith("teacher.")}, bare)
-    out = export_local_dir(bare, tmp_path / "bare", model_name=MODEL)
+    out = export_local_dir(bare, tmp_path / "bare", model_name="degla-tiny-ViT")
     assert _exported_keys(out) == keys
 
 
