@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 
 import open_clip
-import open_clip_align  # noqa: F401  (plugin configs)
 from open_clip_align.losses import DeGLALoss, NegCLIPLoss, degla_terms
 from open_clip_align.models import ema
 from open_clip_align.models.hardneg import HardNegCLIP
@@ -143,7 +142,7 @@ def check_dense_matches(inputs: dict, masks: dict) -> dict:
         torch.testing.assert_close(total, _weighted(dense), rtol=1e-5, atol=1e-5)
         for g_ours, g_dense in zip(_grads(total, x), _grads(_weighted(dense), x)):
             torch.testing.assert_close(g_ours, g_dense, rtol=1e-4, atol=1e-6)
-        report[mode] = {name: float(value) for name, value in ours.items()}
+        report[mode] = {name: value.item() for name, value in ours.items()}
     return report
 
 

@@ -1,17 +1,21 @@
-"""Quickstart: hard negatives vs plain CLIP on the synthetic ShapeCrepe benchmark, end to end on CPU.
+"""Quickstart: DeGLA and NegCLIP vs plain CLIP fine-tuning on the synthetic ShapeCrepe benchmark, on CPU.
 
 Stages (each skipped when its output already exists, so an interrupted run resumes):
   1. generate ShapeCrepe data (training rows with rule-made hard negatives, SugarCrepe-format test sets);
   2. pretrain a tiny CLIP on bag-of-words captions: it learns which colours/shapes are present, not which
      object has which (the non-binding CLIP that DeGLA-style fine-tuning starts from);
-  3. fine-tune it twice through ``training.main`` with identical data, seeds and steps: ``--loss clip``
-     and ``--loss negclip`` (one rule-made swapped-attribute negative caption per image, NegCLIP's recipe);
-  4. score the three checkpoints on both test splits (iid, held-out colour-shape combinations) with the
-     official SugarCrepe rule (strict pos > neg), print a table, write results.json and results.png.
+  3. fine-tune it three times through ``training.main`` with identical data, seeds and steps: ``--loss clip``,
+     ``--loss negclip`` (one rule-made swapped-attribute negative caption per image, NegCLIP's recipe) and
+     ``--loss degla`` (the same negatives plus IGC, TGC and self-distillation to an EMA teacher);
+  4. score the four checkpoints on both test splits (iid, held-out colour-shape combinations) with the
+     official SugarCrepe rule (strict pos > neg), and on general ability: retrieval with bag-of-words
+     captions, the skill pretraining taught (the stand-in for zero-shot ability that hard-negative fine-tuning
+     erodes and DeGLA's self-distillation is meant to keep); print a table, write results.json and results.png.
 """
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -26,18 +30,20 @@ if str(REPO) not in sys.path:
 import open_clip  # noqa: E402
 
 import open_clip_align  # noqa: E402,F401
-from open_clip_align.data.synthetic import generate  # noqa: E402
-from open_clip_align.eval.sugarcrepe import SUBSETS, evaluate_sugarcrepe  # noqa: E402
+from open_clip_align.data.synthetic import caption_words, generate  # noqa: E402
+from open_clip_align.eval.retrieval import evaluate_retrieval  # noqa: E402
+from open_clip_align.eval.sugarcrepe import SUBSETS, evaluate_sugarcrepe, load_subset  # noqa: E402
 
-ARMS = ("pretrained", "clip", "negclip")
+ARMS = ("pretrained", "clip", "negclip", "degla")
 SPLITS = ("iid", "heldout")
+GENERAL_SUBSETS = ("replace_obj", "replace_att")  # images whose paired scenes differ in their bag of words
 
 
 def _log(message: str) -> None:
     print(f"[quickstart {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _train(args, name: str, epochs: int, batch_size: int, cwd: Path, flags: list) -> Path:
+def _train(args, name: str, model: str, epochs: int, batch_size: int, cwd: Path, flags: list) -> Path:
     """Run ``python -m training.main`` unless its final checkpoint exists; stream its progress lines."""
     ckpt = args.out / "logs" / name / "checkpoints" / f"epoch_{epochs}.pt"
     if ckpt.is_file():
@@ -47,7 +53,7 @@ def _train(args, name: str, epochs: int, batch_size: int, cwd: Path, flags: list
     if run_dir.exists():  # an interrupted run: start it again cleanly
         shutil.rmtree(run_dir)
     argv = [sys.executable, "-m", "training.main", "--logs", str(args.out / "logs"), "--name", name,
-            "--model", args.model, "--device", "cpu", "--precision", "fp32", "--workers", str(args.workers),
+            "--model", model, "--device", "cpu", "--precision", "fp32", "--workers", str(args.workers),
             "--batch-size", str(batch_size), "--epochs", str(epochs), "--seed", str(args.seed),
             "--warmup", "20", "--wd", "0.1", "--log-every-n-steps", "10", "--save-frequency", "0", *flags]
     _log(f"{name}: " + " ".join(argv[1:]))
@@ -66,15 +72,35 @@ def _train(args, name: str, epochs: int, batch_size: int, cwd: Path, flags: list
     return ckpt
 
 
+def _bag_of_words_set(root: Path, seed: int):
+    """iid test images with their caption's words in a seeded random order (pretraining's caption style)."""
+    items = [it for subset in GENERAL_SUBSETS for it in load_subset(root, subset)]
+    images = list(dict.fromkeys(it["image"] for it in items))
+    first_caption = {}
+    for it in items:
+        first_caption.setdefault(it["image"], it["caption"])
+    captions = []
+    for i, image in enumerate(images):
+        words = caption_words(first_caption[image])
+        random.Random(f"{seed}/{i}").shuffle(words)
+        captions.append([" ".join(words)])
+    return images, captions
+
+
 def _evaluate(args, checkpoints: dict) -> dict:
+    bow_images, bow_captions = _bag_of_words_set(args.out / "data" / "sugarcrepe" / "iid", args.seed)
     results = {}
-    for arm, ckpt in checkpoints.items():
-        model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=str(ckpt))
+    for arm, (model_name, ckpt) in checkpoints.items():
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(ckpt))
         model.eval()
-        tokenizer = open_clip.get_tokenizer(args.model)
+        tokenizer = open_clip.get_tokenizer(model_name)
+        progress = sys.stdout.isatty()
         results[arm] = {split: evaluate_sugarcrepe(model, preprocess, tokenizer, args.out / "data" / "sugarcrepe" / split,
-                                                    progress=sys.stdout.isatty())
+                                                    progress=progress)
                         for split in SPLITS}
+        bow = evaluate_retrieval(model, preprocess, tokenizer, bow_images, bow_captions, ks=(1, 5), progress=progress)
+        bow["mean_r1"] = (bow["image_to_text"][1] + bow["text_to_image"][1]) / 2
+        results[arm]["general"] = {"bag_of_words_retrieval": bow}
         _log(f"scored {arm}")
     return results
 
@@ -88,6 +114,10 @@ def _table(results: dict) -> str:
                 f"{results[arm][split]['subsets'][subset]['acc']:>12.1f}" for arm in ARMS))
         lines.append(f"{split:<9}{'micro':<13}" + "".join(f"{results[arm][split]['micro']:>12.1f}" for arm in ARMS))
         lines.append("")
+    for label, direction, k in (("BoW i->t R@1", "image_to_text", 1), ("BoW t->i R@1", "text_to_image", 1),
+                                ("BoW i->t R@5", "image_to_text", 5), ("BoW t->i R@5", "text_to_image", 5)):
+        lines.append(f"{'general':<9}{label:<13}" + "".join(
+            f"{results[arm]['general']['bag_of_words_retrieval'][direction][k]:>12.1f}" for arm in ARMS))
     return "\n".join(lines)
 
 
@@ -96,17 +126,26 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SPLITS), figsize=(13, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(SPLITS) + 1, figsize=(16, 4.2), sharey=True,
+                             gridspec_kw={"width_ratios": [len(SUBSETS)] * len(SPLITS) + [2]})
     width = 0.8 / len(ARMS)
+    offset = (len(ARMS) - 1) / 2
     for ax, split in zip(axes, SPLITS):
         for i, arm in enumerate(ARMS):
             values = [results[arm][split]["subsets"][s]["acc"] for s in SUBSETS]
-            ax.bar([x + (i - 1) * width for x in range(len(SUBSETS))], values, width, label=arm)
+            ax.bar([x + (i - offset) * width for x in range(len(SUBSETS))], values, width, label=arm)
         ax.axhline(50, color="gray", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(SUBSETS)), SUBSETS, rotation=30)
         ax.set_title(f"ShapeCrepe {split} split (strict pos > neg)")
         ax.set_ylim(0, 100)
-    axes[0].set_ylabel("accuracy (%)")
+    general = axes[-1]
+    for i, arm in enumerate(ARMS):
+        bow = results[arm]["general"]["bag_of_words_retrieval"]
+        general.bar([x + (i - offset) * width for x in range(2)], [bow["image_to_text"][1], bow["text_to_image"][1]],
+                    width)
+    general.set_xticks(range(2), ["image->text", "text->image"], rotation=30)
+    general.set_title("general: BoW retrieval R@1")
+    axes[0].set_ylabel("accuracy / recall (%)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(ARMS), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     tmp = path.with_suffix(".tmp.png")
@@ -117,7 +156,12 @@ def _plot(results: dict, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart", help="output directory")
-    parser.add_argument("--model", default="shapes-tiny-ViT")
+    parser.add_argument("--model", default="shapes-tiny-ViT", help="model of the pretrain, clip and negclip arms")
+    parser.add_argument("--degla-model", default="degla-shapes-tiny-ViT",
+                        help="the same architecture with an EMA teacher, for the degla arm")
+    parser.add_argument("--degla-distill-weight", type=float, default=0.08,
+                        help="λ_D; the paper's 0.005 at global batch 256 is 0.08 at the fine-tuning batch of 16 "
+                             "(the summed distill term grows with the batch)")
     parser.add_argument("--preset", default="default", choices=("default", "ci"), help="ShapeCrepe size preset")
     parser.add_argument("--train-size", type=int, default=None,
                         help="override the preset's training (and pretraining) rows")
@@ -143,29 +187,36 @@ def main(argv=None) -> None:
                  pretrain_size=args.train_size, num_negatives=1, train_neg_types=("swap_att",),
                  progress=sys.stdout.isatty())
 
-    pretrained = _train(args, "pretrain", args.pretrain_epochs, args.pretrain_batch_size, data, [
+    pretrained = _train(args, "pretrain", args.model, args.pretrain_epochs, args.pretrain_batch_size, data, [
         "--loss", "clip", "--dataset-type", "csv", "--train-data", "pretrain.csv",
         "--csv-img-key", "filepath", "--csv-caption-key", "title", "--lr", str(args.pretrain_lr)])
     finetune = ["--pretrained", str(pretrained), "--hardneg-format", "csv", "--train-data", str(data / "train.csv"),
                 "--num-hardneg", "1", "--lr", str(args.finetune_lr)]
-    checkpoints = {"pretrained": pretrained}
-    for loss in ("clip", "negclip"):
-        checkpoints[loss] = _train(args, f"finetune-{loss}", args.finetune_epochs, args.finetune_batch_size, data,
-                                   ["--loss", loss, *finetune])
+    checkpoints = {"pretrained": (args.model, pretrained)}
+    method_flags = {"clip": [], "negclip": [],
+                    "degla": ["--degla-distill-weight", str(args.degla_distill_weight)]}
+    for loss, extra in method_flags.items():
+        model = args.degla_model if loss == "degla" else args.model
+        checkpoints[loss] = (model, _train(args, f"finetune-{loss}", model, args.finetune_epochs,
+                                           args.finetune_batch_size, data, ["--loss", loss, *finetune, *extra]))
 
     results = _evaluate(args, checkpoints)
     table = _table(results)
     print("\n" + table)
-    gaps = {split: {s: results["negclip"][split]["subsets"][s]["acc"] - results["clip"][split]["subsets"][s]["acc"]
-                    for s in ("swap_obj", "swap_att")} for split in SPLITS}
-    summary = {"arms": results, "negclip_minus_clip_swap": gaps, "config": {k: str(v) for k, v in vars(args).items()},
-               "seconds": round(time.time() - start, 1)}
+    gaps = {f"{arm}_minus_clip": {split: {s: results[arm][split]["subsets"][s]["acc"]
+                                         - results["clip"][split]["subsets"][s]["acc"] for s in ("swap_obj", "swap_att")}
+                                  for split in SPLITS} for arm in ("negclip", "degla")}
+    general = {arm: results[arm]["general"]["bag_of_words_retrieval"]["mean_r1"] for arm in ARMS}
+    summary = {"arms": results, "swap_gaps": gaps, "general_mean_r1": general,
+               "config": {k: str(v) for k, v in vars(args).items()}, "seconds": round(time.time() - start, 1)}
     tmp = args.out / "results.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, args.out / "results.json")
     _plot(results, args.out / "results.png")
-    for split, gap in gaps.items():
-        _log(f"negclip - clip on {split}: " + ", ".join(f"{s} {v:+.1f} pt" for s, v in gap.items()))
+    for name, per_split in gaps.items():
+        for split, gap in per_split.items():
+            _log(f"{name.replace('_minus_', ' - ')} on {split}: " + ", ".join(f"{s} {v:+.1f} pt" for s, v in gap.items()))
+    _log("general ability (BoW retrieval, mean R@1): " + ", ".join(f"{arm} {v:.1f}" for arm, v in general.items()))
     _log(f"done in {summary['seconds']:.0f} s: {args.out / 'results.json'}, {args.out / 'results.png'}")
 
 
