@@ -31,8 +31,10 @@ import open_clip  # noqa: E402
 
 import open_clip_align  # noqa: E402,F401
 from open_clip_align.data.synthetic import caption_words, generate  # noqa: E402
+from open_clip_align.eval import sugarcrepe  # noqa: E402
 from open_clip_align.eval.retrieval import evaluate_retrieval  # noqa: E402
-from open_clip_align.eval.sugarcrepe import SUBSETS, evaluate_sugarcrepe, load_subset  # noqa: E402
+from open_clip_align.eval.scoring import DualEncoderScorer  # noqa: E402
+from open_clip_align.eval.sugarcrepe import SUBSETS  # noqa: E402
 
 ARMS = ("pretrained", "clip", "negclip", "degla")
 SPLITS = ("iid", "heldout")
@@ -74,11 +76,11 @@ def _train(args, name: str, model: str, epochs: int, batch_size: int, cwd: Path,
 
 def _bag_of_words_set(root: Path, seed: int):
     """iid test images with their caption's words in a seeded random order (pretraining's caption style)."""
-    items = [it for subset in GENERAL_SUBSETS for it in load_subset(root, subset)]
-    images = list(dict.fromkeys(it["image"] for it in items))
+    items = sugarcrepe.load(root, GENERAL_SUBSETS)
+    images = list(dict.fromkeys(it.images[0] for it in items))
     first_caption = {}
     for it in items:
-        first_caption.setdefault(it["image"], it["caption"])
+        first_caption.setdefault(it.images[0], it.captions[0])
     captions = []
     for i, image in enumerate(images):
         words = caption_words(first_caption[image])
@@ -93,12 +95,9 @@ def _evaluate(args, checkpoints: dict) -> dict:
     for arm, (model_name, ckpt) in checkpoints.items():
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(ckpt))
         model.eval()
-        tokenizer = open_clip.get_tokenizer(model_name)
-        progress = sys.stdout.isatty()
-        results[arm] = {split: evaluate_sugarcrepe(model, preprocess, tokenizer, args.out / "data" / "sugarcrepe" / split,
-                                                    progress=progress)
-                        for split in SPLITS}
-        bow = evaluate_retrieval(model, preprocess, tokenizer, bow_images, bow_captions, ks=(1, 5), progress=progress)
+        scorer = DualEncoderScorer(model, preprocess, open_clip.get_tokenizer(model_name), progress=sys.stdout.isatty())
+        results[arm] = {split: sugarcrepe.evaluate(scorer, args.out / "data" / "sugarcrepe" / split) for split in SPLITS}
+        bow = evaluate_retrieval(scorer, bow_images, bow_captions, ks=(1, 5))
         bow["mean_r1"] = (bow["image_to_text"][1] + bow["text_to_image"][1]) / 2
         results[arm]["general"] = {"bag_of_words_retrieval": bow}
         _log(f"scored {arm}")

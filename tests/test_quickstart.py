@@ -1,4 +1,4 @@
-"""The quickstart end to end on the tiny ShapeCrepe preset: data, three checkpoints, table, JSON, chart, resume."""
+"""The quickstart end to end on the tiny ShapeCrepe preset: data, four checkpoints, table, JSON, chart, resume."""
 import json
 import os
 import subprocess
@@ -21,17 +21,23 @@ def test_quickstart_runs_and_resumes(tmp_path):
     out = tmp_path / "qs"
     stdout = _quickstart(out)
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"pretrained", "clip", "negclip"}
+    assert set(results["arms"]) == {"pretrained", "clip", "negclip", "degla"}
     for arm in results["arms"].values():
         for split in ("iid", "heldout"):
             assert len(arm[split]["subsets"]) == 7
             assert all(0 <= s["acc"] <= 100 and s["n"] == 50 for s in arm[split]["subsets"].values())
-    assert set(results["negclip_minus_clip_swap"]["heldout"]) == {"swap_obj", "swap_att"}
+        bow = arm["general"]["bag_of_words_retrieval"]
+        assert bow["n_images"] == 100 and 0 <= bow["mean_r1"] <= 100  # replace_obj + replace_att images
+    assert set(results["swap_gaps"]) == {"negclip_minus_clip", "degla_minus_clip"}
+    assert set(results["swap_gaps"]["degla_minus_clip"]["heldout"]) == {"swap_obj", "swap_att"}
+    assert set(results["general_mean_r1"]) == set(results["arms"])
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "swap_att" in stdout and "negclip" in stdout and "epoch 1/1" in stdout
-    for name in ("pretrain", "finetune-clip", "finetune-negclip"):
+    assert "swap_att" in stdout and "degla" in stdout and "BoW t->i R@1" in stdout and "epoch 1/1" in stdout
+    for name in ("pretrain", "finetune-clip", "finetune-negclip", "finetune-degla"):
         assert (out / "logs" / name / "checkpoints" / "epoch_1.pt").is_file()
+    degla_params = (out / "logs" / "finetune-degla" / "params.txt").read_text()
+    assert "model: degla-shapes-tiny-ViT" in degla_params and "loss: degla" in degla_params
 
     again = _quickstart(out)  # everything is there: no stage reruns, same numbers
-    assert again.count("skipping") == 4
+    assert again.count("skipping") == 5
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]

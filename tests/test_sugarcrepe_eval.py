@@ -1,4 +1,4 @@
-"""The minimal SugarCrepe-format scorer: strict tie rule, averages, one encode per unique image, errors."""
+"""SugarCrepe adapter: strict tie rule, bag-identical slice, averages, one encode per unique image, errors."""
 import json
 
 import pytest
@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 
 from open_clip_align.eval.scoring import pairwise_decisions
-from open_clip_align.eval.sugarcrepe import evaluate_sugarcrepe, load_subset, summarize
+from eval_fixtures import angle_image, scorer_for, unit
+from open_clip_align.eval.items import EvalDataError
+from open_clip_align.eval.sugarcrepe import evaluate, load_subset, summarize
 
 
 def test_strict_rule_counts_ties_as_wrong():
@@ -23,51 +25,43 @@ def test_category_means_and_micro_average():
     assert got["micro"] == pytest.approx((9 + 18 + 10 + 14) / 80 * 100)
 
 
-class _LookupModel:
-    """Image features from the image's red channel, text features from a caption table; counts encodes."""
-
-    def __init__(self, text_table):
-        self.text_table = text_table
-        self.images_encoded = 0
-
-    def encode_image(self, pixels, normalize=True):
-        self.images_encoded += len(pixels)
-        angle = pixels[:, 0, 0, 0] * torch.pi / 2
-        return torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-
-    def encode_text(self, tokens, normalize=True):
-        return torch.stack([self.text_table[int(t[0])] for t in tokens])
-
-
 def test_evaluate_sugarcrepe_end_to_end(tmp_path):
     (tmp_path / "val2017").mkdir()
-    for name, red in (("a.png", 0), ("b.png", 255)):
-        Image.new("RGB", (4, 4), (red, 0, 0)).save(tmp_path / "val2017" / name)
-    captions = ["x-axis", "y-axis", "diagonal", "x-again"]
-    table = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.0, 1.0]),
-             2: torch.tensor([0.7071, 0.7071]), 3: torch.tensor([1.0, 0.0])}
-    subset = {"0": {"filename": "a.png", "caption": "x-axis", "negative_caption": "diagonal"},   # 1 > .71: right
-              "2": {"filename": "b.png", "caption": "x-axis", "negative_caption": "y-axis"},     # 0 < 1: wrong
-              "5": {"filename": "a.png", "caption": "x-axis", "negative_caption": "x-again"}}    # tie: wrong
+    angle_image(tmp_path / "val2017" / "a.png", 0)
+    angle_image(tmp_path / "val2017" / "b.png", 90)
+    table = {"x axis": unit(0), "y axis": unit(90), "diagonal": unit(45), "axis x": unit(0)}
+    subset = {"0": {"filename": "a.png", "caption": "x axis", "negative_caption": "diagonal"},  # 1 > .71: right
+              "2": {"filename": "b.png", "caption": "x axis", "negative_caption": "y axis"},    # 0 < 1: wrong
+              "5": {"filename": "a.png", "caption": "x axis", "negative_caption": "axis x"}}    # tie: wrong
     (tmp_path / "swap_att.json").write_text(json.dumps(subset))
     (tmp_path / "swap_obj.json").write_text(json.dumps({"0": subset["0"]}))
-    model = _LookupModel(table)
-    tokenizer = lambda texts: torch.tensor([[captions.index(t)] for t in texts])  # noqa: E731
-    to_tensor = lambda im: torch.tensor(im.getpixel((0, 0))).float().div(255).view(3, 1, 1).expand(3, 2, 2)  # noqa: E731
-    result = evaluate_sugarcrepe(model, to_tensor, tokenizer, tmp_path, subsets=["swap_att", "swap_obj"])
-    assert result["subsets"]["swap_att"] == {"acc": pytest.approx(100 / 3), "n": 3, "ties": 1}
-    assert result["subsets"]["swap_obj"]["acc"] == 100.0
+    scorer, model = scorer_for(table)
+    result = evaluate(scorer, tmp_path, subsets=["swap_att", "swap_obj"])
+    att = result["subsets"]["swap_att"]
+    assert (att["acc"], att["n"], att["ties"]) == (pytest.approx(100 / 3), 3, 1)
+    # only item 5 is bag-identical ("x axis" / "axis x"), and it is a tie, so wrong
+    assert att["bag_identical_share"] == pytest.approx(100 / 3) and att["bag_identical_acc"] == 0.0
+    assert result["subsets"]["swap_obj"]["acc"] == 100.0 and result["subsets"]["swap_obj"]["bag_identical_acc"] is None
     assert result["categories"]["swap"] == pytest.approx((100 / 3 + 100) / 2)
+    assert result["micro"] == pytest.approx(50.0) and (result["n_items"], result["n_ties"]) == (4, 1)
     assert model.images_encoded == 2  # a.png appears in both subsets and twice in one, encoded once
 
 
 def test_missing_and_malformed_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="swap_att.json.*val2017"):
+    with pytest.raises(EvalDataError, match="swap_att.json.*val2017"):
         load_subset(tmp_path, "swap_att")
     (tmp_path / "swap_att.json").write_text(json.dumps({"0": {"filename": "a.png", "caption": "c"}}))
     with pytest.raises(ValueError, match="item '0' lacks \\['negative_caption'\\]"):
         load_subset(tmp_path, "swap_att")
     (tmp_path / "swap_att.json").write_text(json.dumps({"0": {"filename": "a.png", "caption": "c",
                                                                "negative_caption": "d"}}))
-    with pytest.raises(FileNotFoundError, match="a.png"):
+    with pytest.raises(EvalDataError, match="a.png"):
+        load_subset(tmp_path, "swap_att")
+    with pytest.raises(EvalDataError, match="unknown SugarCrepe subset 'swap'"):
+        load_subset(tmp_path, "swap")
+    (tmp_path / "swap_att.json").write_text("{}")
+    with pytest.raises(EvalDataError, match="no items"):
+        load_subset(tmp_path, "swap_att")
+    (tmp_path / "swap_att.json").write_text("{oops")
+    with pytest.raises(EvalDataError, match="not valid JSON"):
         load_subset(tmp_path, "swap_att")

@@ -7,7 +7,7 @@ from typing import Dict, Sequence
 
 import torch
 
-from .scoring import encode_images, encode_texts
+from .items import EvalDataError, ImageRef
 
 
 def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
@@ -29,16 +29,16 @@ def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Seque
             "text_to_image": {k: 100.0 * (text_rank < k).float().mean().item() for k in ks}}
 
 
-def evaluate_retrieval(model, preprocess, tokenizer, images: Sequence[str], captions: Sequence[Sequence[str]],
-                       device="cpu", ks: Sequence[int] = (1, 5, 10), batch_size: int = 64,
-                       progress: bool = True) -> Dict[str, dict]:
-    """Recall@k (%) for image paths ``images`` and their captions ``captions[i]`` (one or more each)."""
+def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
+                       ks: Sequence[int] = (1, 5, 10)) -> Dict[str, dict]:
+    """Recall@k (%) for ``images`` and their captions ``captions[i]`` (one or more each), every caption kept."""
     if len(images) != len(captions) or not images:
-        raise ValueError(f"need one caption list per image, got {len(images)} images and {len(captions)} lists")
+        raise EvalDataError(f"retrieval needs one caption list per image, got {len(images)} images and "
+                            f"{len(captions)} caption lists")
     flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
-    image_features = encode_images(model, images, preprocess, device, batch_size, progress=progress)
-    text_features = encode_texts(model, tokenizer, [c for _, c in flat], device, progress=progress)
-    img = torch.stack([image_features[p] for p in images])
+    image_features = scorer.image_features(images)
+    text_features = scorer.text_features([c for _, c in flat])
+    img = torch.stack([image_features[r] for r in images])
     txt = torch.stack([text_features[c] for _, c in flat])
     result = recall_at_k(img @ txt.T, torch.tensor([i for i, _ in flat]), ks)
     result["n_images"], result["n_captions"] = len(images), len(flat)

@@ -1,45 +1,66 @@
-"""SugarCrepe-format evaluation: seven JSON subsets, strict ``pos > neg``, category means and micro average.
+"""SugarCrepe (Hsieh et al. 2023): seven JSON subsets, strict ``pos > neg``, category means and micro average.
 
-Each ``<root>/<subset>.json`` is a dict keyed by string indices, values
-``{"filename", "caption", "negative_caption"}``; images live in ``<root>/val2017/<filename>``.
+Each ``<root>/<subset>.json`` is a dict keyed by string indices (which may skip numbers), values
+``{"filename", "caption", "negative_caption"}``; images live in ``<root>/val2017/<filename>``. An item is one
+image × [positive, negative]; it is correct iff s(pos) > s(neg) strictly, so a tie is wrong (and counted).
+Items whose two captions are the same multiset of words ("bag-identical") are reported as their own slice:
+an order-blind text encoder cannot solve them.
 """
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import torch
 
-from .scoring import encode_images, encode_texts, pairwise_decisions
+from .items import EvalDataError, ImageRef, Item, require_file
+from .scoring import pairwise_decisions
 
 SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
 CATEGORIES = {"replace": ("replace_obj", "replace_att", "replace_rel"), "swap": ("swap_obj", "swap_att"),
               "add": ("add_obj", "add_att")}
+PROTOCOL = {"tie_policy": "official (strict: a tie is wrong)", "averaging": "per subset; category means; micro over items",
+            "split": "COCO val2017"}
+LAYOUT = ("<root>/<subset>.json for each of " + ", ".join(SUBSETS) + " (official SugarCrepe format: a dict of "
+          "{'filename', 'caption', 'negative_caption'}) and images under <root>/val2017/")
 
 
-def load_subset(root: Path, subset: str) -> List[dict]:
-    """Items of one subset with absolute image paths; clear errors for missing or malformed files."""
+def bag_of_words(text: str) -> List[str]:
+    """Sorted lower-case word multiset (punctuation dropped)."""
+    return sorted(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def load_subset(root, subset: str) -> List[Item]:
+    """Items of one subset; clear errors naming the file and item for missing or malformed data."""
+    if subset not in SUBSETS:
+        raise EvalDataError(f"unknown SugarCrepe subset {subset!r}; expected one of {', '.join(SUBSETS)}")
     path = Path(root) / f"{subset}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"SugarCrepe subset file {path} not found: expected {subset}.json (official SugarCrepe format, a dict "
-            f"of {{'filename', 'caption', 'negative_caption'}}) with images under {Path(root) / 'val2017'}")
+    require_file(path, "sugarcrepe", LAYOUT)
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object keyed by item index, got {type(raw).__name__}")
+        raise EvalDataError(f"{path}: expected a JSON object keyed by item index, got {type(raw).__name__}")
+    if not raw:
+        raise EvalDataError(f"{path}: no items")
     items = []
-    for key, item in raw.items():
-        missing = {"filename", "caption", "negative_caption"} - set(item if isinstance(item, dict) else ())
+    for key, entry in raw.items():
+        missing = {"filename", "caption", "negative_caption"} - set(entry if isinstance(entry, dict) else ())
         if missing:
-            raise ValueError(f"{path}: item {key!r} lacks {sorted(missing)}")
-        image = Path(root) / "val2017" / item["filename"]
+            raise EvalDataError(f"{path}: item {key!r} lacks {sorted(missing)}")
+        image = Path(root) / "val2017" / entry["filename"]
         if not image.is_file():
-            raise FileNotFoundError(f"{path}: item {key!r} names image {image}, which does not exist")
-        items.append({"id": key, "image": str(image), "caption": item["caption"],
-                      "negative": item["negative_caption"]})
+            raise EvalDataError(f"{path}: item {key!r} names image {image}, which does not exist")
+        pos, neg = entry["caption"], entry["negative_caption"]
+        items.append(Item(id=f"{subset}/{key}", images=[ImageRef(str(image))], captions=[pos, neg],
+                          match=[[True, False]], group=subset,
+                          meta={"bag_identical": bag_of_words(pos) == bag_of_words(neg)}))
     return items
+
+
+def load(root, subsets: Sequence[str] = SUBSETS) -> List[Item]:
+    return [it for s in subsets for it in load_subset(root, s)]
 
 
 def summarize(per_subset: Dict[str, dict]) -> dict:
@@ -54,26 +75,23 @@ def summarize(per_subset: Dict[str, dict]) -> dict:
     return {"categories": categories, "micro": correct / n if n else float("nan")}
 
 
-def evaluate_sugarcrepe(model, preprocess, tokenizer, root, device="cpu", subsets: Sequence[str] = SUBSETS,
-                        batch_size: int = 64, progress: bool = True) -> dict:
-    """Accuracy (%) per subset with tie counts, plus category means and micro average.
-
-    Every unique image across subsets is encoded once; captions are batched.
-    """
-    loaded = {s: load_subset(root, s) for s in subsets}
-    all_items = [it for items in loaded.values() for it in items]
-    images = encode_images(model, [it["image"] for it in all_items], preprocess, device, batch_size,
-                           progress=progress)
-    texts = encode_texts(model, tokenizer, [t for it in all_items for t in (it["caption"], it["negative"])], device,
-                         progress=progress)
+def metrics(items: Sequence[Item], scores: Sequence[torch.Tensor]) -> dict:
+    """Accuracy (%) per subset with tie counts, the bag-identical slice, category means and micro average."""
+    pos = torch.stack([s[0, 0] for s in scores]) if scores else torch.zeros(0)
+    neg = torch.stack([s[0, 1] for s in scores]) if scores else torch.zeros(0)
+    correct, ties = pairwise_decisions(pos, neg)
     per_subset = {}
-    for subset, items in loaded.items():
-        img = torch.stack([images[it["image"]] for it in items])
-        pos = (img * torch.stack([texts[it["caption"]] for it in items])).sum(-1)
-        neg = (img * torch.stack([texts[it["negative"]] for it in items])).sum(-1)
-        correct, ties = pairwise_decisions(pos, neg)
-        per_subset[subset] = {"acc": 100.0 * correct.float().mean().item(), "n": len(items),
-                              "ties": int(ties.sum())}
-    return {"subsets": per_subset, **summarize(per_subset),
-            "protocol": {"tie_policy": "strict (tie counts as wrong)", "averaging": "per subset; category means; "
-                         "micro over items", "precision": "fp32"}}
+    for subset in dict.fromkeys(it.group for it in items):
+        idx = torch.tensor([i for i, it in enumerate(items) if it.group == subset])
+        bag = torch.tensor([items[i].meta["bag_identical"] for i in idx.tolist()])
+        per_subset[subset] = {
+            "acc": 100.0 * correct[idx].float().mean().item(), "n": len(idx), "ties": int(ties[idx].sum()),
+            "bag_identical_share": 100.0 * bag.float().mean().item(),
+            "bag_identical_acc": 100.0 * correct[idx][bag].float().mean().item() if bag.any() else None}
+    return {"subsets": per_subset, **summarize(per_subset), "n_items": len(items), "n_ties": int(ties.sum())}
+
+
+def evaluate(scorer, root, subsets: Sequence[str] = SUBSETS) -> dict:
+    """Score every subset with ``scorer`` (unique images encoded once across subsets)."""
+    items = load(root, subsets)
+    return metrics(items, scorer.score_items(items))

@@ -1,0 +1,60 @@
+"""The evaluation suite's internal format: every benchmark item is images × captions × a match matrix.
+
+Adapters (SugarCrepe, ARO, VALSE, Winoground, ...) turn their official files into ``Item`` lists; a scorer
+turns an item into a score matrix ``[n_images, n_captions]``; each benchmark's decision rule reads that matrix.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+
+
+class EvalDataError(ValueError):
+    """Benchmark data is missing or malformed; the message names the file, item and what was expected."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image file, optionally cropped to ``box = (x, y, w, h)`` in pixels (ARO's bbox crop)."""
+
+    path: str
+    box: Optional[Tuple[float, float, float, float]] = None
+
+    def load(self) -> Image.Image:
+        try:
+            with Image.open(self.path) as img:
+                img = img.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise EvalDataError(f"cannot read image {self.path}: {err}") from None
+        if self.box is not None:
+            x, y, w, h = self.box
+            img = img.crop((x, y, x + w, y + h))
+        return img
+
+    def key(self) -> str:
+        return self.path if self.box is None else f"{self.path}#{','.join(f'{v:g}' for v in self.box)}"
+
+
+@dataclass
+class Item:
+    """One benchmark item. ``match[i][j]`` is True iff caption j is true of image i.
+
+    ``group`` is the unit averages are taken over (SugarCrepe subset, ARO relation, VALSE instrument);
+    ``meta`` keeps anything a metric or report needs (e.g. ``bag_identical``).
+    """
+
+    id: str
+    images: List[ImageRef]
+    captions: List[str]
+    match: Sequence[Sequence[bool]]
+    group: str = ""
+    meta: Dict = field(default_factory=dict)
+
+
+def require_file(path, benchmark: str, expected: str) -> None:
+    """Raise EvalDataError saying which file is expected where, in which official format."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise EvalDataError(f"{benchmark}: {path} not found; expected {expected}. Nothing is downloaded: "
+                            f"place the official files there (see --help for each benchmark's layout)")
