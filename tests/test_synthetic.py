@@ -10,6 +10,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -72,6 +73,8 @@ def test_same_seed_same_bytes_any_worker_count_and_different_seed_differs(ci, tm
     assert (tmp_path / "other/images/train/000000.png").read_bytes() != (root / "images/train/000000.png").read_bytes()
     assert (tmp_path / "other/train.csv").read_text() != (root / "train.csv").read_text()
     assert (tmp_path / "other/pretrain.csv").read_text() != (root / "pretrain.csv").read_text()
+    assert (tmp_path / "other/zeroshot/iid/scenes.jsonl").read_text() != \
+        (root / "zeroshot/iid/scenes.jsonl").read_text()
 
 
 def test_cli_module_in_a_fresh_process_matches_the_api(ci, tmp_path):
@@ -222,6 +225,103 @@ def test_no_heldout_fraction_writes_only_the_iid_split(tmp_path):
     manifest = S.generate(tmp_path / "d", preset="ci", heldout_fraction=0, train_size=4, pretrain_size=4,
                           test_pairs=2, progress=False)
     assert list(manifest["files"]["sugarcrepe"]) == ["iid"] and not (tmp_path / "d/sugarcrepe/heldout").exists()
+    assert manifest["counts"]["zeroshot_classes"] == {"iid": 48} and not (tmp_path / "d/zeroshot/heldout").exists()
+
+
+# ------------------------------------------------------------------------------------------- zero-shot
+
+def zeroshot_scenes(root, split):
+    """Image path (relative to root/zeroshot/split) -> (seed, Scene)."""
+    lines = (json.loads(line) for line in (root / "zeroshot" / split / "scenes.jsonl").read_text().splitlines())
+    return {line["image"]: (line["seed"], S.Scene.from_dict(line)) for line in lines}
+
+
+def test_zeroshot_classes_counts_and_classnames(ci):
+    root, manifest = ci
+    heldout = {f"{c}_{s}" for c, s in heldout_of(manifest)}
+    assert manifest["files"]["zeroshot"] == {split: f"zeroshot/{split}" for split in S.SPLITS}
+    classes = {}
+    for split in S.SPLITS:
+        split_root = root / manifest["files"]["zeroshot"][split]
+        dirs = sorted(p.name for p in (split_root / "test").iterdir())
+        classes[split] = set(dirs)
+        assert dirs == S.zeroshot_classes(S.make_config(preset="ci"), heldout_of(manifest), split)
+        assert (split_root / "classnames.txt").read_text().splitlines() == [d.replace("_", " ") for d in dirs]
+        templates = (split_root / "zeroshot_classification_templates.txt").read_text().splitlines()
+        assert templates == list(S.ZEROSHOT_TEMPLATES) and all("{c}" in t for t in templates)
+        for d in dirs:
+            assert sorted(p.name for p in (split_root / "test" / d).iterdir()) == [f"{n:05d}.png" for n in range(4)]
+        assert manifest["counts"]["zeroshot_classes"][split] == len(dirs)
+        assert manifest["counts"]["zeroshot_images"][split] == 4 * len(dirs)
+    # like the SugarCrepe splits: heldout = the held-out combinations, iid = all the others, disjoint
+    assert classes["heldout"] == heldout and len(heldout) == 8
+    assert not classes["iid"] & classes["heldout"]
+    assert classes["iid"] | classes["heldout"] == {f"{c}_{s}" for c in S.COLOURS for s in S.SHAPES}
+    names = [set((root / f"zeroshot/{split}/classnames.txt").read_text().splitlines()) for split in S.SPLITS]
+    assert sum("red circle" in n for n in names) == sum("blue star" in n for n in names) == 1
+
+
+def test_zeroshot_sets_load_with_the_evaluator(ci):
+    from open_clip_align.eval import zeroshot as Z
+
+    root, manifest = ci
+    for split in S.SPLITS:
+        data = Z.load(root / "zeroshot" / split)
+        n_classes = manifest["counts"]["zeroshot_classes"][split]
+        assert data.meta["format"] == "imagefolder" and data.templates == list(S.ZEROSHOT_TEMPLATES)
+        assert len(data.classnames) == n_classes and Counter(data.labels) == {c: 4 for c in range(n_classes)}
+        for image, label in zip(data.images, data.labels):
+            assert Path(image.path).parent.name.replace("_", " ") == data.classnames[label]
+        prompts = Z.class_prompts(data.classnames, data.templates)
+        assert prompts[0][0] == f"a photo of a {data.classnames[0]}."
+
+
+def test_zeroshot_images_show_one_object_of_their_class(ci):
+    root, manifest = ci
+    size, sizes = manifest["options"]["image_size"], Counter()
+    for split in S.SPLITS:
+        scenes_ = zeroshot_scenes(root, split)
+        files = sorted(p.relative_to(root / "zeroshot" / split).as_posix()
+                       for p in (root / "zeroshot" / split / "test").rglob("*.png"))
+        assert sorted(scenes_) == files
+        for path, (seed, scene) in scenes_.items():
+            colour, shape = path.split("/")[1].split("_")
+            (obj,) = scene.objects
+            assert (obj.colour, obj.shape) == (colour, shape) and obj.size in S.SIZES
+            x0, y0, x1, y1 = obj.bbox
+            assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+            sizes[obj.size] += 1
+            image = Image.open(root / "zeroshot" / split / path).convert("RGB")
+            assert image.size == (size, size)
+            assert image.tobytes() == S.render(scene, size, seed).tobytes()
+            # the background stays dark; every brighter pixel is the one object's single jittered fill colour
+            pixels = np.asarray(image).reshape(-1, 3)
+            fills = {tuple(px) for px in pixels[pixels.max(axis=1) > 80].tolist()}
+            assert len(fills) == 1
+            assert all(abs(a - b) <= S._COLOUR_JITTER for a, b in zip(fills.pop(), S.COLOURS[colour]))
+    assert set(sizes) == set(S.SIZES)
+
+
+def test_zeroshot_leaves_every_other_output_unchanged(ci, tmp_path):
+    root, manifest = ci
+    off = S.generate(tmp_path / "off", preset="ci", zeroshot_per_class=0, progress=False)
+    assert not (tmp_path / "off/zeroshot").exists()
+    without = {k: v for k, v in tree(root).items() if not k.startswith("zeroshot/") and k != "manifest.json"}
+    assert without == {k: v for k, v in tree(tmp_path / "off").items() if k != "manifest.json"}
+    assert off["files"]["zeroshot"] == off["counts"]["zeroshot_images"] == {}
+    stripped = json.loads(json.dumps(manifest))
+    del stripped["files"]["zeroshot"], stripped["counts"]["zeroshot_classes"], stripped["counts"]["zeroshot_images"]
+    stripped["options"]["zeroshot_per_class"] = 0
+    del off["files"]["zeroshot"], off["counts"]["zeroshot_classes"], off["counts"]["zeroshot_images"]
+    assert json.loads(json.dumps(off)) == stripped
+    # a class's images depend on neither its split nor the count: fewer per class give a prefix
+    S.generate(tmp_path / "few", preset="ci", zeroshot_per_class=2, heldout_fraction=0, train_size=1,
+               pretrain_size=1, test_pairs=1, progress=False)
+    for name in ("red_circle", "blue_star"):
+        split = S._zeroshot_split(name, heldout_of(manifest))
+        for n in range(2):
+            assert (tmp_path / f"few/zeroshot/iid/test/{name}/{n:05d}.png").read_bytes() == \
+                (root / f"zeroshot/{split}/test/{name}/{n:05d}.png").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -341,7 +441,7 @@ def test_cli_help_explains_the_outputs(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for word in ("train.csv", "train_degla.json", "train-wds", "pretrain.csv", "sugarcrepe", "winoground",
-                 "manifest.json", "--overwrite", "--preset"):
+                 "manifest.json", "zeroshot", "--zeroshot-per-class", "--overwrite", "--preset"):
         assert word in text
 
 
@@ -365,8 +465,8 @@ def test_cli_refuses_an_existing_dataset_without_overwrite(tmp_path, capsys):
 
 
 def test_invalid_options_are_rejected():
-    for bad in ({"image_size": 8}, {"heldout_fraction": 0.9}, {"train_neg_types": ["add_obj"]},
-                {"shapes": ["circle", "square"]}, {"preset": "huge"}):
+    for bad in ({"image_size": 8}, {"heldout_fraction": 0.9}, {"zeroshot_per_class": -1},
+                {"train_neg_types": ["add_obj"]}, {"shapes": ["circle", "square"]}, {"preset": "huge"}):
         with pytest.raises(ValueError):
             S.make_config(**bad)
     with pytest.raises(TypeError):

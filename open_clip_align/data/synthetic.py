@@ -33,6 +33,14 @@ Outputs under DIR (every path written inside a file is relative to that file's d
   scenes.jsonl              the scene graph of every image: {"image", "set", "seed", "objects": [{"shape",
                             "colour", "size", "center", "radius", "rotation", "bbox"}], "relation"}
                             (relation of object 0 to object 1; image y grows downwards)
+  zeroshot/{iid,heldout}/   zero-shot classification over the colour x shape classes, as an ImageFolder that
+                            open_clip_align.eval.zeroshot reads: test/<colour>_<shape>/<n>.png, each image ONE
+                            object of that colour and shape (random size and position), so it measures
+                            recognition, not binding; classnames.txt ("red circle", one per line in sorted
+                            folder order); zeroshot_classification_templates.txt ("a photo of a {c}.", ...);
+                            scenes.jsonl (their scene graphs, relation null). Like the SugarCrepe splits,
+                            heldout has the held-out combinations as classes and iid all the others.
+                            --zeroshot-per-class images per class; 0 writes no zeroshot/ at all
   manifest.json             written last: version, options, counts, held-out combinations, colour RGBs
 
 Notes:
@@ -41,7 +49,8 @@ Notes:
   - Swap test pairs are kept only when bag-identical: "an orange star ... a small gray cross" swaps to
     "a gray star ... a small orange cross", which loses "an".
   - Python API: generate(out_dir, **options) returns the manifest; Scene.from_dict reads a scenes.jsonl line,
-    parse_caption / caption_is_true / describe work on structured captions, render redraws an image.
+    parse_caption / caption_is_true / describe work on structured captions, render redraws an image,
+    zeroshot_classes lists the class folders of a zero-shot split.
 """
 import argparse
 import csv
@@ -109,7 +118,8 @@ _OUTLINES = {  # unit polygons inside the unit circle, y downwards
 }
 
 _OUTPUTS = ("manifest.json", "images", "train.csv", "train_degla.json", "train-wds", "pretrain.csv",
-            "sugarcrepe", "winoground", "scenes.jsonl")
+            "sugarcrepe", "winoground", "scenes.jsonl", "zeroshot")
+ZEROSHOT_TEMPLATES = ("a photo of a {c}.", "a {c}.", "an image of a {c}.", "a rendering of a {c}.")
 
 
 # ---------------------------------------------------------------------------------------------- scenes
@@ -165,7 +175,7 @@ class Scene:
         return {"objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "center": [o.cx, o.cy],
                              "radius": o.radius, "rotation": o.rotation,
                              "bbox": [round(v, 2) for v in o.bbox]} for o in self.objects],
-                "relation": relation(self.objects[0], self.objects[1])}
+                "relation": relation(self.objects[0], self.objects[1]) if len(self.objects) > 1 else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Scene":
@@ -445,6 +455,7 @@ class Config:
     train_size: int = 20_000
     pretrain_size: int = 20_000
     test_pairs: int = 500
+    zeroshot_per_class: int = 20
     num_negatives: int = 4
     shard_size: int = 1000
     heldout_fraction: float = 1 / 6
@@ -459,7 +470,8 @@ class Config:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         checks = [
             (self.image_size >= 16, "image_size must be at least 16"),
-            (min(self.train_size, self.pretrain_size, self.test_pairs, self.num_negatives) >= 0,
+            (min(self.train_size, self.pretrain_size, self.test_pairs, self.zeroshot_per_class,
+                 self.num_negatives) >= 0,
              "sizes and num_negatives must not be negative"),
             (self.shard_size >= 1, "shard_size must be positive"),
             (self.train_size > 0 or self.pretrain_size == 0, "pretraining rows reuse training images: need train_size"),
@@ -481,7 +493,8 @@ class Config:
 
 PRESETS = {
     "default": {},
-    "ci": {"image_size": 32, "train_size": 300, "pretrain_size": 200, "test_pairs": 25, "shard_size": 100},
+    "ci": {"image_size": 32, "train_size": 300, "pretrain_size": 200, "test_pairs": 25, "shard_size": 100,
+           "zeroshot_per_class": 4},
 }
 
 
@@ -628,6 +641,17 @@ def _test_pair(rng, cfg: Config, heldout: set, split: str, subset: str):
     return ItemPair(scene_a, rng.getrandbits(32), scene_b, rng.getrandbits(32), caption_a, caption_b)
 
 
+def zeroshot_classes(cfg: Config, heldout, split: str) -> list:
+    """The class folder names ``<colour>_<shape>`` of one zero-shot split, sorted (their class indices):
+    the held-out (colour, shape) pairs in heldout, all others in iid (all pairs when none is held out)."""
+    return sorted(f"{c}_{s}" for c in cfg.colours for s in cfg.shapes if ((c, s) in heldout) == (split == "heldout"))
+
+
+def _zeroshot_scene(rng, cfg: Config, colour: str, shape: str) -> Scene:
+    """One object of the class, with a random size, the usual jitter and a random position inside the image."""
+    return Scene((_moved(rng, _new_obj(rng, shape, colour, rng.choice(SIZES), cfg.image_size), cfg.image_size),))
+
+
 # ---------------------------------------------------------------------------------------- work units
 
 _CHUNK = 250  # rows or pairs per work unit; each unit has its own random stream, so this shapes the output
@@ -644,7 +668,11 @@ class _Unit:
 
 
 def _units(cfg: Config, splits) -> list:
-    sizes = {"train": cfg.train_size, **{f"{split}/{subset}": cfg.test_pairs for split in splits for subset in SUBSETS}}
+    """The work units, zero-shot classes ("zeroshot/<colour>_<shape>") last; a class's stream does not depend
+    on its split."""
+    sizes = {"train": cfg.train_size, **{f"{split}/{subset}": cfg.test_pairs for split in splits for subset in SUBSETS},
+             **{f"zeroshot/{name}": cfg.zeroshot_per_class
+                for name in sorted(f"{c}_{s}" for c in cfg.colours for s in cfg.shapes)}}
     return [_Unit(part, start, min(_CHUNK, size - start))
             for part, size in sizes.items() for start in range(0, size, _CHUNK)]
 
@@ -655,6 +683,8 @@ def _work(job):
     images, which also go into the shards. Workers write the files: file creation is slow on some disks."""
     cfg, heldout, unit, out = job
     rng = random.Random(f"{cfg.seed}:{unit.part}:{unit.start}")
+    if unit.part.startswith("zeroshot/"):
+        return _zeroshot_work(rng, cfg, heldout, unit, out)
     if unit.part == "train":
         make = partial(_train_row, rng, random.Random(f"{cfg.seed}:pretrain:{unit.start}"), cfg, heldout)
     else:
@@ -669,6 +699,26 @@ def _work(job):
             lines.append(json.dumps({"image": path, "set": unit.part.split("/")[0], "seed": seed, **scene.to_dict()}))
             pngs.append(png)
     return rows, lines, pngs if unit.part == "train" else []
+
+
+def _zeroshot_work(rng, cfg: Config, heldout: set, unit: _Unit, out: Path):
+    """Images of one zero-shot class: ``([], scene lines, [])``, the lines' paths relative to the split folder
+    ``zeroshot/<split>`` (where its scenes.jsonl goes)."""
+    name = unit.part.split("/")[1]
+    colour, shape = name.split("_")
+    split = _zeroshot_split(name, heldout)
+    lines = []
+    for index in range(unit.start, unit.start + unit.count):
+        scene = _zeroshot_scene(rng, cfg, colour, shape)
+        seed, path = rng.getrandbits(32), f"test/{name}/{index:05d}.png"
+        (out / "zeroshot" / split / path).write_bytes(_png(scene, cfg.image_size, seed))
+        lines.append(json.dumps({"image": path, "set": "zeroshot", "seed": seed, **scene.to_dict()}))
+    return [], lines, []
+
+
+def _zeroshot_split(name: str, heldout) -> str:
+    """The zero-shot split of class folder ``<colour>_<shape>``."""
+    return "heldout" if tuple(name.split("_")) in heldout else "iid"
 
 
 def _image_paths(part: str, index: int) -> list:
@@ -781,6 +831,13 @@ def _write_tests(out: Path, split: str, pairs_by_subset: dict) -> dict:
     return bag_identical
 
 
+def _write_zeroshot(root: Path, names: list, lines: list):
+    """The text files of one zero-shot split (the images are written while rendering)."""
+    _write_lines(root / "classnames.txt", (name.replace("_", " ") for name in names))
+    _write_lines(root / "zeroshot_classification_templates.txt", ZEROSHOT_TEMPLATES)
+    _write_lines(root / "scenes.jsonl", lines)
+
+
 def generate(out_dir, *, overwrite: bool = False, workers: int = None, progress: bool = True, **options) -> dict:
     """Write the ShapeCrepe dataset to ``out_dir`` and return its manifest.
 
@@ -794,15 +851,22 @@ def generate(out_dir, *, overwrite: bool = False, workers: int = None, progress:
     heldout = set(choose_heldout(cfg))
     splits = SPLITS if heldout else ("iid",)
     units = _units(cfg, splits)
-    for directory in ["images/train", *(f"sugarcrepe/{split}/val2017" for split in splits)]:
+    zeroshot = {split: zeroshot_classes(cfg, heldout, split) for split in splits} if cfg.zeroshot_per_class else {}
+    for directory in ["images/train", *(f"sugarcrepe/{split}/val2017" for split in splits),
+                      *(f"zeroshot/{split}/test/{name}" for split, names in zeroshot.items() for name in names)]:
         (out / directory).mkdir(parents=True)
     rows = {}
     shards = _ShardWriter(out / "train-wds", cfg.shard_size)
-    total = cfg.train_size + 2 * cfg.test_pairs * len(SUBSETS) * len(splits)
-    with open(out / "scenes.jsonl", "w") as scenes, tqdm(total=total, desc="ShapeCrepe", unit="img",
+    total = cfg.train_size + 2 * cfg.test_pairs * len(SUBSETS) * len(splits)  # scenes.jsonl, without zero-shot
+    zeroshot_lines = {split: [] for split in zeroshot}
+    with open(out / "scenes.jsonl", "w") as scenes, tqdm(total=total + cfg.zeroshot_per_class * len(cfg.colours)
+                                                         * len(cfg.shapes), desc="ShapeCrepe", unit="img",
                                                          disable=not progress) as bar:
         for unit, (unit_rows, lines, pngs) in zip(units, _run([(cfg, heldout, u, out) for u in units], workers)):
-            scenes.writelines(line + "\n" for line in lines)
+            if unit.part.startswith("zeroshot/"):
+                zeroshot_lines[_zeroshot_split(unit.part.split("/")[1], heldout)].extend(lines)
+            else:
+                scenes.writelines(line + "\n" for line in lines)
             for index, (row, png) in enumerate(zip(unit_rows, pngs), unit.start):  # training rows only
                 sidecar = {key: row[key] for key in ("original", "enhanced", "types")}
                 shards.add(f"{index:06d}", {"png": png, "txt": row["original"].encode(),
@@ -814,6 +878,8 @@ def generate(out_dir, *, overwrite: bool = False, workers: int = None, progress:
     _write_training(out, rows.get("train", []), cfg.pretrain_size)
     bag_identical = {split: _write_tests(out, split, {s: rows.get(f"{split}/{s}", []) for s in SUBSETS})
                      for split in splits}
+    for split, names in zeroshot.items():
+        _write_zeroshot(out / "zeroshot" / split, names, zeroshot_lines[split])
 
     manifest = {
         "generator": "open_clip_align.data.synthetic",
@@ -823,17 +889,22 @@ def generate(out_dir, *, overwrite: bool = False, workers: int = None, progress:
         "world": {"shapes": list(cfg.shapes), "colours": {c: list(COLOURS[c]) for c in cfg.colours},
                   "sizes": list(SIZES), "unwritten_size": "medium", "relations": list(RELATIONS),
                   "templates": {name: fmt for name, (fmt, _) in TEMPLATES.items()},
-                  "radius_fraction": _RADIUS, "image_y_axis": "down"},
+                  "radius_fraction": _RADIUS, "image_y_axis": "down",
+                  "zeroshot_templates": list(ZEROSHOT_TEMPLATES)},
         "heldout_combos": [list(pair) for pair in sorted(heldout)],
         "files": {"train_csv": "train.csv", "train_degla": "train_degla.json", "pretrain_csv": "pretrain.csv",
                   "scenes": "scenes.jsonl", "train_wds": [f"train-wds/{name}" for name in shards.sizes],
                   "sugarcrepe": {split: f"sugarcrepe/{split}" for split in splits},
-                  "winoground": {split: f"winoground/{split}/pairs.jsonl" for split in splits}},
+                  "winoground": {split: f"winoground/{split}/pairs.jsonl" for split in splits},
+                  "zeroshot": {split: f"zeroshot/{split}" for split in zeroshot}},
         "pretrain_images": "the training images: pretrain.csv row i uses images/train image i mod train_size",
         "counts": {"images": total, "train": cfg.train_size, "pretrain": cfg.pretrain_size,
                    "wds_samples": sum(shards.sizes.values()), "wds_shards": len(shards.sizes),
                    "sugarcrepe_items": {split: {s: 2 * cfg.test_pairs for s in SUBSETS} for split in splits},
-                   "winoground_pairs": {split: cfg.test_pairs * len(SUBSETS) for split in splits}},
+                   "winoground_pairs": {split: cfg.test_pairs * len(SUBSETS) for split in splits},
+                   "zeroshot_classes": {split: len(names) for split, names in zeroshot.items()},
+                   "zeroshot_images": {split: len(names) * cfg.zeroshot_per_class
+                                       for split, names in zeroshot.items()}},
         "bag_identical_share": bag_identical,
     }
     _write_json(out / "manifest.json", manifest, indent=2)
@@ -852,13 +923,17 @@ def _parser() -> argparse.ArgumentParser:
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="ci: tiny (32 px, 50 items per subset, a few hundred training rows)")
+                        help="ci: tiny (32 px, 50 items per subset, a few hundred training rows, 4 zero-shot "
+                             "images per class)")
     parser.add_argument("--seed", type=int, help=f"fixes everything {note('seed')}")
     parser.add_argument("--image-size", type=int, help=f"image side in pixels {note('image_size')}")
     parser.add_argument("--train-size", type=int, help=f"training rows {note('train_size')}")
     parser.add_argument("--pretrain-size", type=int, help=f"bag-of-words pretraining rows {note('pretrain_size')}")
     parser.add_argument("--test-pairs", type=int,
                         help=f"counterbalanced pairs (2 items each) per subset and split {note('test_pairs')}")
+    parser.add_argument("--zeroshot-per-class", type=int,
+                        help=f"images per colour-shape class of the zero-shot sets zeroshot/<split>; 0: none "
+                             f"{note('zeroshot_per_class')}")
     parser.add_argument("--num-negatives", type=int, help=f"hard negatives per training row {note('num_negatives')}")
     parser.add_argument("--shard-size", type=int, help=f"samples per webdataset shard {note('shard_size')}")
     parser.add_argument("--heldout-fraction", type=float,
@@ -890,7 +965,8 @@ def main(argv=None):
         sys.exit(f"error: {error}")
     counts = manifest["counts"]
     print(f"ShapeCrepe: {counts['images']} images ({counts['train']} train, {counts['images'] - counts['train']} "
-          f"test), {counts['pretrain']} pretraining rows, written to {out} "
+          f"test), {counts['pretrain']} pretraining rows, {sum(counts['zeroshot_images'].values())} zero-shot "
+          f"images, written to {out} "
           f"in {time.perf_counter() - start:.1f} s")
 
 

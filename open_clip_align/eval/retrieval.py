@@ -2,12 +2,50 @@
 
 image→text: an image counts as retrieved at k if *any* of its captions ranks in the top k; text→image: a
 caption counts if its own image ranks in the top k (CLIP_benchmark's ``zeroshot_retrieval`` convention).
+
+Test sets are the Karpathy test splits in the BLIP/ALBEF annotation format: ``coco_karpathy_test.json`` (COCO
+5k, images from val2014) and ``flickr30k_test.json`` (Flickr30k 1k), each a JSON list of
+``{"image": "<path relative to root>", "caption": ["...", ...]}``. Every caption is kept by default, as
+CLIP_benchmark does (a few COCO images have 6 or 7); ``max_captions=5`` keeps the first five, as some papers
+do, and the result's protocol records which.
 """
-from typing import Dict, Sequence
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .items import EvalDataError, ImageRef
+from .items import EvalDataError, ImageRef, require_file
+
+DATASETS = {"coco": ("coco_karpathy_test.json", 5000), "flickr": ("flickr30k_test.json", 1000)}
+PROTOCOL = {"tie_policy": "strict: a wrong candidate scoring equal to the right one ranks ahead of it",
+            "averaging": "image→text over images (hit if any of its captions is in the top k); "
+                         "text→image over captions",
+            "split": "Karpathy test (COCO 5k of val2014; Flickr30k 1k)",
+            "captions_per_image": "all (CLIP_benchmark); max_captions=N keeps the first N"}
+LAYOUT = ("<root>/coco_karpathy_test.json (COCO Karpathy test, BLIP/ALBEF format: a JSON list of "
+          "{'image': 'val2014/COCO_val2014_<id>.jpg', 'caption': [5+ captions]}, images under <root>/val2014/) "
+          "or <root>/flickr30k_test.json (Flickr30k Karpathy test, same format, e.g. "
+          "{'image': 'flickr30k-images/<id>.jpg', 'caption': [...]}, images at <root>/<image>)")
+
+
+def retrieval_ranks(similarity: torch.Tensor, caption_image: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """0-based ranks of the right answer in both directions, ties counted against it.
+
+    ``similarity [n_images, n_captions]``; ``caption_image [n_captions]`` is each caption's image index.
+    Returns ``image_to_text [n_images]`` (rank of an image's best own caption), ``text_to_image
+    [n_captions]`` (rank of a caption's image), and the boolean ``*_tie`` masks of queries whose right answer
+    scores exactly as high as some wrong candidate.
+    """
+    n_images, n_captions = similarity.shape
+    own = torch.zeros(n_images, n_captions, dtype=torch.bool)
+    own[caption_image, torch.arange(n_captions)] = True
+    best_own = similarity.masked_fill(~own, float("-inf")).max(dim=1).values
+    own_score = similarity[caption_image, torch.arange(n_captions)]
+    return {"image_to_text": ((similarity >= best_own[:, None]) & ~own).sum(dim=1),
+            "text_to_image": ((similarity >= own_score[None, :]) & ~own).sum(dim=0),
+            "image_to_text_tie": ((similarity == best_own[:, None]) & ~own).any(dim=1),
+            "text_to_image_tie": ((similarity == own_score[None, :]) & ~own).any(dim=0)}
 
 
 def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
@@ -17,21 +55,32 @@ def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Seque
 
     Returns ``{"image_to_text": {k: %}, "text_to_image": {k: %}}``.
     """
+    ranks = retrieval_ranks(similarity, caption_image)
+    return {d: {k: 100.0 * (ranks[d] < k).float().mean().item() for k in ks}
+            for d in ("image_to_text", "text_to_image")}
+
+
+def metrics(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@k (%) both ways, RSUM (the six recalls summed; None unless ``ks`` is 1, 5, 10), the 1-based mean
+    rank per direction, and counts: ``n_items`` = queries (images + captions), ``n_ties`` = queries
+    whose right answer ties a wrong candidate (scored as misses)."""
+    ranks = retrieval_ranks(similarity, caption_image)
+    result = {d: {k: 100.0 * (ranks[d] < k).float().mean().item() for k in ks}
+              for d in ("image_to_text", "text_to_image")}
+    result["rsum"] = (sum(result["image_to_text"].values()) + sum(result["text_to_image"].values())
+                      if sorted(ks) == [1, 5, 10] else None)
+    result["mean_rank"] = {d: ranks[d].double().add(1).mean().item() for d in ("image_to_text", "text_to_image")}
     n_images, n_captions = similarity.shape
-    own = torch.zeros(n_images, n_captions, dtype=torch.bool)
-    own[caption_image, torch.arange(n_captions)] = True
-    # rank = how many wrong candidates score at least as high as the best right one
-    best_own = similarity.masked_fill(~own, float("-inf")).max(dim=1).values
-    image_rank = ((similarity >= best_own[:, None]) & ~own).sum(dim=1)
-    own_score = similarity[caption_image, torch.arange(n_captions)]
-    text_rank = ((similarity >= own_score[None, :]) & ~own).sum(dim=0)
-    return {"image_to_text": {k: 100.0 * (image_rank < k).float().mean().item() for k in ks},
-            "text_to_image": {k: 100.0 * (text_rank < k).float().mean().item() for k in ks}}
+    ties = {d: int(ranks[f"{d}_tie"].sum()) for d in ("image_to_text", "text_to_image")}
+    result.update(n_images=n_images, n_captions=n_captions, n_items=n_images + n_captions,
+                  n_ties=sum(ties.values()), ties=ties)
+    return result
 
 
-def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
-                       ks: Sequence[int] = (1, 5, 10)) -> Dict[str, dict]:
-    """Recall@k (%) for ``images`` and their captions ``captions[i]`` (one or more each), every caption kept."""
+def _similarity(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(similarity [n_images, n_captions], caption_image [n_captions])`` with captions flattened image by
+    image; each unique image and caption encoded once."""
     if len(images) != len(captions) or not images:
         raise EvalDataError(f"retrieval needs one caption list per image, got {len(images)} images and "
                             f"{len(captions)} caption lists")
@@ -40,6 +89,72 @@ def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Se
     text_features = scorer.text_features([c for _, c in flat])
     img = torch.stack([image_features[r] for r in images])
     txt = torch.stack([text_features[c] for _, c in flat])
-    result = recall_at_k(img @ txt.T, torch.tensor([i for i, _ in flat]), ks)
-    result["n_images"], result["n_captions"] = len(images), len(flat)
+    return img @ txt.T, torch.tensor([i for i, _ in flat])
+
+
+def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
+                       ks: Sequence[int] = (1, 5, 10)) -> Dict[str, dict]:
+    """Recall@k (%) for ``images`` and their captions ``captions[i]`` (one or more each), every caption kept."""
+    similarity, caption_image = _similarity(scorer, images, captions)
+    result = recall_at_k(similarity, caption_image, ks)
+    result["n_images"], result["n_captions"] = len(images), len(caption_image)
+    return result
+
+
+def load(root, dataset: str = "coco", annotation=None, max_captions: Optional[int] = None
+         ) -> Tuple[List[ImageRef], List[List[str]]]:
+    """Images and their captions from a Karpathy test file.
+
+    ``annotation`` overrides the file (absolute, or relative to ``root``); images are ``root / entry["image"]``.
+    ``max_captions`` keeps the first N captions of each image (None keeps all).
+    """
+    if dataset not in DATASETS:
+        raise EvalDataError(f"unknown retrieval dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if max_captions is not None and max_captions < 1:
+        raise EvalDataError(f"max_captions must be None (keep all) or >= 1, got {max_captions}")
+    root = Path(root)
+    path = root / (annotation if annotation is not None else DATASETS[dataset][0])
+    require_file(path, f"retrieval/{dataset}", LAYOUT)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, list):
+        raise EvalDataError(f"{path}: expected a JSON list of {{'image', 'caption'}} entries, got "
+                            f"{type(raw).__name__}")
+    if not raw:
+        raise EvalDataError(f"{path}: no entries")
+    images, captions, seen = [], [], {}
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise EvalDataError(f"{path}: entry {index} lacks an 'image' path")
+        caps = entry.get("caption")
+        if isinstance(caps, str):
+            raise EvalDataError(f"{path}: entry {index} ({entry['image']}) has one caption string, not a list; "
+                                f"the Karpathy *test* files list every caption of an image (is this a train file?)")
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise EvalDataError(f"{path}: entry {index} ({entry['image']}) needs 'caption': a non-empty list of "
+                                f"non-empty strings")
+        if entry["image"] in seen:
+            raise EvalDataError(f"{path}: entries {seen[entry['image']]} and {index} both name {entry['image']}")
+        seen[entry["image"]] = index
+        image = root / entry["image"]
+        if not image.is_file():
+            raise EvalDataError(f"{path}: entry {index} names image {image}, which does not exist")
+        images.append(ImageRef(str(image)))
+        captions.append(list(caps[:max_captions]))
+    return images, captions
+
+
+def evaluate(scorer, root, dataset: str = "coco", annotation=None, ks: Sequence[int] = (1, 5, 10),
+             max_captions: Optional[int] = None) -> dict:
+    """``metrics`` on a Karpathy test split, plus ``protocol`` (``PROTOCOL`` with this run's split and
+    caption policy)."""
+    images, captions = load(root, dataset, annotation, max_captions)
+    result = metrics(*_similarity(scorer, images, captions), ks)
+    standard = DATASETS[dataset][1]
+    result["protocol"] = {**PROTOCOL, "split": f"{dataset} Karpathy test ({len(images)} images; standard "
+                                               f"{standard})",
+                          "captions_per_image": "all" if max_captions is None else f"first {max_captions}",
+                          "recall_k": list(ks)}
     return result

@@ -59,9 +59,13 @@ def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scal
     n, k, d = neg.shape
     device = image.device
     local = rows is not None
+
+    def pick(t):  # this rank's rows under --local-loss; no gather copy (and its backward) otherwise
+        return t[rows] if local and t is not None else t
+
     rows = torch.arange(n, device=device) if rows is None else rows
     pool = torch.cat([text, neg.reshape(n * k, d)])
-    q_image, q_text = image[rows], text[rows]
+    q_image, q_text = pick(image), pick(text)
     logits_image = scale * q_image @ pool.T  # [R, N(1+K)]
     if valid is not None:
         keep = torch.cat([torch.ones(n, dtype=torch.bool, device=device), valid.reshape(-1)])
@@ -75,29 +79,29 @@ def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scal
 
     if need_tgc:
         if tgc_mode == "fixed":
-            q_neg, q_valid = neg[rows], None if valid is None else valid[rows]
+            q_neg, q_valid = pick(neg), pick(valid)
         elif tgc_mode == "reference":
             columns = tgc_reference_columns(n, k, device)[rows]
             q_neg = neg.reshape(n * k, d)[columns]
             q_valid = None if valid is None else valid.reshape(-1)[columns]
         else:
             raise ValueError(f"--degla-tgc-mode must be one of {TGC_MODES}, got {tgc_mode!r}")
-        positive = (q_text * teacher_text[rows].detach()).sum(-1, keepdim=True)
+        positive = (q_text * pick(teacher_text).detach()).sum(-1, keepdim=True)
         logits = tgc_scale * torch.cat([positive, torch.einsum("rd,rkd->rk", q_text, q_neg)], 1)
         terms["tgc"] = F.cross_entropy(_mask_negatives(logits, q_valid), zeros)
 
     if need_distill:
         if distill_reduction not in DISTILL_REDUCTIONS:
             raise ValueError(f"--degla-distill-reduction must be one of {DISTILL_REDUCTIONS}, got {distill_reduction!r}")
-        total = (image[rows] - teacher_image[rows].detach()).pow(2).sum() \
-            + (q_text - teacher_text[rows].detach()).pow(2).sum()
+        total = (q_image - pick(teacher_image).detach()).pow(2).sum() \
+            + (q_text - pick(teacher_text).detach()).pow(2).sum()
         count = 2 * len(rows)
         if distill_negatives:
-            per_vector = (neg[rows] - teacher_neg[rows].detach()).pow(2).sum(-1)  # [R, K]
+            per_vector = (pick(neg) - pick(teacher_neg).detach()).pow(2).sum(-1)  # [R, K]
             if valid is not None:
-                per_vector = per_vector * valid[rows]
+                per_vector = per_vector * pick(valid)
             total = total + per_vector.sum()
-            count += int(valid[rows].sum()) if valid is not None else len(rows) * k
+            count += int(pick(valid).sum()) if valid is not None else len(rows) * k
         terms["distill"] = total if distill_reduction == "sum" else total / count
     return terms
 
