@@ -34,6 +34,9 @@ setup(
         "console_scripts": [
             "open-clip-align-train=training.main:cli",
             "open-clip-align-synthetic=open_clip_align.data.synthetic:main",
+            "open-clip-align-eval=open_clip_align.eval.cli:main",
+            "open-clip-align-export=open_clip_align.export:main",
+            "open-clip-align-clip-benchmark=open_clip_align.eval.clip_benchmark_cli:main",
         ],
     },
 )

