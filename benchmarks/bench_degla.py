@@ -324,7 +324,7 @@ def main(argv=None):
     parser.add_argument("--loss-inner", type=int, default=5, help="calls per timed sample in (a)")
     parser.add_argument("--models", type=_model_spec, nargs="+", metavar="NAME:BATCH",
                         default=[("degla-tiny-ViT", 32), ("ViT-S-32-alt", 8)], help="models for (b) and (c)")
-    parser.add_argument("--step-repeats", type=int, default=7)
+    parser.add_argument("--step-repeats", type=int, default=15)
     parser.add_argument("--ema-repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before each measurement")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_degla.json"))
