@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["open_clip_align", "open_clip_align.*", "training"]),
-    package_data={"open_clip_align": ["model_configs/*.json"]},
+    package_data={"open_clip_align": ["model_configs/*.json", "negatives/prompts/*.txt", "negatives/prompts/*.jsonl"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -37,6 +37,7 @@ setup(
             "open-clip-align-eval=open_clip_align.eval.cli:main",
             "open-clip-align-export=open_clip_align.export:main",
             "open-clip-align-clip-benchmark=open_clip_align.eval.clip_benchmark_cli:main",
+            "open-clip-align-negatives=open_clip_align.negatives.cli:main",
         ],
     },
 )
