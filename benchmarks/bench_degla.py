@@ -22,12 +22,9 @@ a table (ratio, target, PASS/MISS) and writes JSON atomically (default benchmark
 """
 import argparse
 import copy
-import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +35,7 @@ import open_clip
 from open_clip_align.losses import DeGLALoss, NegCLIPLoss, degla_terms
 from open_clip_align.models import ema
 from open_clip_align.models.hardneg import HardNegCLIP
+from results_io import write_json
 
 TARGETS = {"loss": 0.5, "step": 1.05, "ema": 0.02}
 WEIGHTS = {"igc": 0.1, "tgc": 0.1, "distill": 0.005}  # DeGLALoss defaults (spec §2.5)
@@ -293,18 +291,6 @@ def print_table(rows: list) -> None:
         target = "-" if r["target"] is None else f"<={r['target']:g}"
         print(f"{r['section']:<18}{r['measurement']:<38}{r['ours_ms']:>10.2f}  {r['baseline']:<21}"
               f"{r['baseline_ms']:>10.2f}{r['ratio']:>8.3f}{target:>9}  {r['status']}")
-
-
-def write_json(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _model_spec(text: str):

@@ -10,8 +10,6 @@ give identical accuracies; the table reports seconds and the speed-up ratio.
     python benchmarks/bench_eval.py --model ViT-S-32-alt --items-per-subset 200
 """
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import open_clip_align  # noqa: E402,F401
 from open_clip_align.data.synthetic import generate  # noqa: E402
 from open_clip_align.eval import sugarcrepe  # noqa: E402
 from open_clip_align.eval.scoring import DualEncoderScorer  # noqa: E402
+from results_io import write_json  # noqa: E402
 
 
 @torch.inference_mode()
@@ -106,10 +105,7 @@ def main(argv=None) -> None:
           f"{'PASS' if naive_s / suite_s >= 3 else 'MISS'})")
     print(f"identical accuracies: {identical} (decisions flipped by float rounding: {flipped}, max score "
           f"difference {result['max_score_difference']:.1e})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, args.out)
+    write_json(result, args.out)
     print(f"wrote {args.out}")
     if not identical:
         raise SystemExit("accuracies differ between the suite and the per-item loop")

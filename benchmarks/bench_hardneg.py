@@ -11,8 +11,6 @@ and writes JSON (default benchmarks/results/bench_hardneg.json).
     python benchmarks/bench_hardneg.py [--model shapes-tiny-ViT] [--batch-size 64] [--num-hardneg 4]
 """
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,7 @@ from open_clip_align.data.hardneg import get_hardneg_train_data
 from open_clip_align.data.synthetic import generate
 from open_clip_align.losses import NegCLIPLoss
 from open_clip_align.params import build_preparser
+from results_io import write_json
 
 
 def _hardneg_args(train_csv: Path, k: int, batch_size: int) -> argparse.Namespace:
@@ -125,10 +124,7 @@ def main(argv=None):
     for name, value in result["ratios"].items():
         print(f"ratio  {name:<46}{value:>8.3f}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, out)
+    write_json(result, out)
     print(f"wrote {out}")
 
 

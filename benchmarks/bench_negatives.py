@@ -33,6 +33,7 @@ from open_clip_align.negatives import DEGLA_TYPES, NEG_TYPES, Request, create_ba
 from open_clip_align.negatives.cli import (RunStats, chunk_size, default_checker, generate_parser,  # noqa: E402
                                            process_chunk, request_seed, validation_nlp)
 from open_clip_align.negatives.io import CaptionRow  # noqa: E402
+from results_io import write_json  # noqa: E402
 
 CAPTIONS = [
     "A man riding a brown horse on the beach.", "Two dogs playing with a red ball in the grass.",
@@ -277,10 +278,7 @@ def main(argv=None):
     print(f"openai units: requests (backend) or captions x add_object (CLI loop, concurrency "
           f"{result['openai']['pipeline_concurrency']}), {args.latency_ms:g} ms server latency")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, out)
+    write_json(result, out)
     print(f"wrote {out}")
 
 

@@ -3,11 +3,10 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
-from open_clip_align.eval.scoring import pairwise_decisions
 from eval_fixtures import angle_image, scorer_for, unit
 from open_clip_align.eval.items import EvalDataError
+from open_clip_align.eval.scoring import pairwise_decisions
 from open_clip_align.eval.sugarcrepe import evaluate, load_subset, summarize
 
 
