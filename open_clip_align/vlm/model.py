@@ -1,0 +1,388 @@
+"""AlignVLM: an open_clip vision tower + a connector (ALIGN or MLP) + any transformers causal LM.
+
+Sequence layout (spec ``alignvlm.md`` §2, "concat")::
+
+    training   (right-padded):  [BOS] visual(N') prompt caption [EOS] pad ...
+    generation (left-padded):   pad ... [BOS] visual(N') prompt
+
+Everything is fed to the LM as ``inputs_embeds``: text tokens are looked up in the LM's own input-embedding
+module, visual tokens are the connector output (for ALIGN a convex combination of the rows of the same live
+table, ``lm.get_input_embeddings().weight``, read at call time). Labels are ``-100`` everywhere except the
+caption tokens and the EOS, so the loss is next-token CE on the caption only (HF shifts the labels itself).
+
+The vision tower and the LM are *referenced* by :meth:`AlignVLM.save_connector`, never duplicated: only the
+connector weights and a small JSON of settings are written.
+"""
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .connector import AlignConnector, MLPConnector
+
+__all__ = ["AlignVLM", "CONNECTOR_CONFIG_NAME", "CONNECTOR_WEIGHTS_NAME", "patch_tokens"]
+
+CONNECTOR_CONFIG_NAME = "alignvlm_connector.json"
+CONNECTOR_WEIGHTS_NAME = "alignvlm_connector.pt"
+IGNORE_INDEX = -100
+
+
+def _drop_prefix(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop CLS/prefix tokens so the remaining patch grid is square (no-op when it already is)."""
+    n = tokens.shape[1]
+    for prefix in range(0, min(n, 9)):
+        side = math.isqrt(n - prefix)
+        if side > 0 and side * side == n - prefix:
+            return tokens[:, prefix:] if prefix else tokens
+    raise ValueError(f"cannot find a square patch grid in {n} vision tokens")
+
+
+def patch_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Patch tokens ``[B, N, width]`` (square grid, no CLS) from an open_clip vision tower.
+
+    Uses ``visual.output_tokens`` (open_clip's ``VisionTransformer`` then returns ``(pooled, tokens)`` with the
+    CLS token already removed); towers without that flag fall back to ``forward_intermediates`` (last block).
+    """
+    if hasattr(visual, "output_tokens"):
+        if not visual.output_tokens:
+            visual.output_tokens = True
+        out = visual(images)
+        tokens = out[1] if isinstance(out, (tuple, list)) else out
+    elif hasattr(visual, "forward_intermediates"):
+        out = visual.forward_intermediates(images, indices=1, output_fmt="NLC", intermediates_only=True)
+        tokens = out[-1] if isinstance(out, (tuple, list)) else out
+    else:
+        raise TypeError(f"{type(visual).__name__} exposes neither output_tokens nor forward_intermediates")
+    if tokens.dim() != 3:
+        raise ValueError(f"expected [B, N, width] vision tokens, got shape {tuple(tokens.shape)}")
+    return _drop_prefix(tokens)
+
+
+def _special_id(tokenizer, lm: nn.Module, name: str) -> Optional[int]:
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    if value is None:
+        value = getattr(getattr(lm, "config", None), f"{name}_token_id", None)
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
+
+
+class AlignVLM(nn.Module):
+    """Vision tower -> connector -> causal LM (prefix of visual tokens, plain concatenation).
+
+    Args:
+        visual: an open_clip vision tower (``open_clip.create_model(name).visual``) that yields patch tokens.
+        lm: a transformers ``*ForCausalLM`` accepting ``inputs_embeds`` (Llama, Qwen2, Mistral, GPT-2, ...).
+        connector: ``"align"`` (default), ``"mlp"``, or a ready connector module (same forward signature).
+        vision_dim: token width of the tower; inferred (``transformer.width`` or a probe forward) if ``None``.
+        freeze_vision: freeze the tower (default) and run it under ``no_grad`` in eval mode.
+        freeze_lm: freeze the LM's parameters (stage A, connector-only training). Default ``False``.
+        connector_kwargs: extra arguments for :class:`AlignConnector` / :class:`MLPConnector`.
+        vision_model_name / vision_pretrained: recorded in the connector JSON (references, not weights).
+        caption_sep: prepended to a caption that does not start with whitespace before it is tokenised
+            separately from the prompt (so BPE tokenizers see "prompt caption", not "promptcaption").
+    """
+
+    def __init__(self, visual: nn.Module, lm: nn.Module, connector: Union[str, nn.Module] = "align", *,
+                 vision_dim: Optional[int] = None, freeze_vision: bool = True, freeze_lm: bool = False,
+                 connector_kwargs: Optional[dict] = None, vision_model_name: Optional[str] = None,
+                 vision_pretrained: Optional[str] = None, caption_sep: str = " "):
+        super().__init__()
+        self.visual = visual
+        self.lm = lm
+        self.vision_model_name = vision_model_name
+        self.vision_pretrained = vision_pretrained
+        self.caption_sep = caption_sep
+        self.freeze_vision = freeze_vision
+        if hasattr(visual, "output_tokens"):
+            visual.output_tokens = True
+        self.vision_dim = int(vision_dim or self._infer_vision_dim())
+        kwargs = dict(connector_kwargs or {})
+        if isinstance(connector, str):
+            kind = connector.lower()
+            embed = lm.get_input_embeddings().weight
+            if kind == "align":
+                connector = AlignConnector.from_lm(self.vision_dim, lm, **kwargs)
+            elif kind == "mlp":
+                connector = MLPConnector(self.vision_dim, embed.shape[1], **kwargs).to(embed.device)
+            else:
+                raise ValueError(f"unknown connector {connector!r}; expected 'align' or 'mlp'")
+        elif kwargs:
+            raise ValueError("connector_kwargs only apply when connector is given by name")
+        self.connector = connector
+        if freeze_vision:
+            self.visual.requires_grad_(False)
+            self.visual.eval()
+        if freeze_lm:
+            self.lm.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_open_clip(cls, vision_model_name: str, lm: nn.Module, connector: Union[str, nn.Module] = "align",
+                       pretrained: Optional[str] = None, **kwargs) -> "AlignVLM":
+        """Vision tower = ``open_clip.create_model(vision_model_name, pretrained=pretrained).visual``."""
+        import open_clip
+
+        clip = open_clip.create_model(vision_model_name, pretrained=pretrained)
+        return cls(clip.visual, lm, connector, vision_model_name=vision_model_name,
+                   vision_pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, vision_model_name: str, lm_path: str, connector: Union[str, nn.Module] = "align",
+                        pretrained: Optional[str] = None, lm_kwargs: Optional[dict] = None,
+                        **kwargs) -> "AlignVLM":
+        """LM = ``AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, **lm_kwargs)``."""
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, **(lm_kwargs or {}))
+        return cls.from_open_clip(vision_model_name, lm, connector, pretrained=pretrained, **kwargs)
+
+    def _infer_vision_dim(self) -> int:
+        width = getattr(getattr(self.visual, "transformer", None), "width", None)
+        if width is not None:
+            return int(width)
+        size = getattr(self.visual, "image_size", 224)
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        param = next(self.visual.parameters())
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+            return int(patch_tokens(self.visual, probe).shape[-1])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_vision:
+            self.visual.eval()
+        return self
+
+    @property
+    def connector_type(self) -> str:
+        if isinstance(self.connector, AlignConnector):
+            return "align"
+        if isinstance(self.connector, MLPConnector):
+            return "mlp"
+        return type(self.connector).__name__
+
+    # ---------------------------------------------------------------------------------------------- images
+    def encode_vision(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[B, N, d]`` from the tower (under ``no_grad`` when the tower is frozen)."""
+        param = next(self.visual.parameters())
+        images = images.to(device=param.device, dtype=param.dtype)
+        if self.freeze_vision:
+            with torch.no_grad():
+                return patch_tokens(self.visual, images)
+        return patch_tokens(self.visual, images)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Visual tokens ``[B, N', D]``: the connector applied to the patch tokens, using the LM's live input
+        embedding table (``lm.get_input_embeddings().weight``, read now)."""
+        feats = self.encode_vision(images)
+        embed = self.lm.get_input_embeddings().weight
+        return self.connector(feats, embed)
+
+    # ---------------------------------------------------------------------------------------------- inputs
+    def _encode(self, tokenizer, text: str) -> List[int]:
+        if not text:
+            return []
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    def build_inputs(self, images: torch.Tensor, prompts: Sequence[str],
+                     captions: Optional[Sequence[str]], tokenizer,
+                     padding_side: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        """Embed ``[BOS, visual, prompt, caption, EOS]`` per sample (``[BOS, visual, prompt]`` without
+        captions) and pad to a batch.
+
+        ``padding_side`` defaults to ``"right"`` with captions (training) and ``"left"`` without (generation).
+        Returns ``inputs_embeds [B, L, D]``, ``attention_mask [B, L]`` (long), ``labels [B, L]`` (only with
+        captions: ``-100`` except caption tokens and EOS), ``input_ids [B, L]`` (text ids; the pad id at
+        visual and padding positions) and ``visual_mask [B, L]`` (bool, True at visual-token rows).
+        """
+        prompts = list(prompts)
+        b = len(prompts)
+        if images.shape[0] != b:
+            raise ValueError(f"{images.shape[0]} images but {b} prompts")
+        if captions is not None:
+            captions = list(captions)
+            if len(captions) != b:
+                raise ValueError(f"{len(captions)} captions but {b} prompts")
+        if padding_side is None:
+            padding_side = "right" if captions is not None else "left"
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+
+        bos = _special_id(tokenizer, self.lm, "bos")
+        eos = _special_id(tokenizer, self.lm, "eos")
+        pad = _special_id(tokenizer, self.lm, "pad")
+        if pad is None:
+            pad = eos if eos is not None else 0
+        if captions is not None and eos is None:
+            raise ValueError("training inputs need an EOS token id (tokenizer.eos_token_id or lm.config)")
+
+        visual = self.embed_images(images)                                        # [B, N', D]
+        n_vis = visual.shape[1]
+        rows = []                                   # per sample: (ids, is_visual, labels)
+        for i in range(b):
+            prefix = [bos] if bos is not None else []
+            prompt_ids = self._encode(tokenizer, prompts[i])
+            ids = prefix + [pad] * n_vis + prompt_ids
+            vis = [False] * len(prefix) + [True] * n_vis + [False] * len(prompt_ids)
+            labels = [IGNORE_INDEX] * len(ids)
+            if captions is not None:
+                cap = captions[i]
+                if cap and self.caption_sep and prompt_ids and not cap[0].isspace():
+                    cap = self.caption_sep + cap
+                cap_ids = self._encode(tokenizer, cap) + [eos]
+                ids += cap_ids
+                vis += [False] * len(cap_ids)
+                labels += cap_ids
+            rows.append((ids, vis, labels))
+
+        length = max(len(r[0]) for r in rows)
+        device = visual.device
+        input_ids = torch.full((b, length), pad, dtype=torch.long)
+        attention = torch.zeros((b, length), dtype=torch.long)
+        vis_mask = torch.zeros((b, length), dtype=torch.bool)
+        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, vis, lab) in enumerate(rows):
+            n = len(ids)
+            sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
+            input_ids[i, sl] = torch.tensor(ids)
+            attention[i, sl] = 1
+            vis_mask[i, sl] = torch.tensor(vis)
+            labels[i, sl] = torch.tensor(lab)
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        vis_mask, labels = vis_mask.to(device), labels.to(device)
+
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        embeds = embeds.masked_scatter(vis_mask.unsqueeze(-1), visual.to(embeds.dtype))
+        out = {"inputs_embeds": embeds, "attention_mask": attention, "input_ids": input_ids,
+               "visual_mask": vis_mask}
+        if captions is not None:
+            out["labels"] = labels
+        return out
+
+    # ---------------------------------------------------------------------------------------------- train
+    def forward(self, images: torch.Tensor, prompts: Sequence[str], captions: Sequence[str], tokenizer,
+                return_outputs: bool = False):
+        """Next-token CE over caption tokens + EOS (the LM's own loss). ``return_outputs=True`` returns the
+        LM output object (``.loss``, ``.logits``) instead of the loss tensor."""
+        batch = self.build_inputs(images, prompts, captions, tokenizer, padding_side="right")
+        out = self.lm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                      labels=batch["labels"])
+        return out if return_outputs else out.loss
+
+    # ---------------------------------------------------------------------------------------------- decode
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, prompts: Sequence[str], tokenizer, max_new_tokens: int = 20,
+                 num_beams: int = 1, return_ids: bool = False, **gen_kwargs) -> Union[List[str], torch.Tensor]:
+        """Greedy (``num_beams=1``) or beam-search captions from left-padded ``[pad.., BOS, visual, prompt]``.
+
+        Decodes only the new tokens (cut at the first EOS). ``return_ids=True`` returns the new-token id
+        tensor ``[B, T]`` from ``lm.generate`` instead. Extra ``gen_kwargs`` go to ``lm.generate``.
+        """
+        batch = self.build_inputs(images, prompts, None, tokenizer, padding_side="left")
+        eos = _special_id(tokenizer, self.lm, "eos")
+        pad = _special_id(tokenizer, self.lm, "pad")
+        kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                      eos_token_id=eos, pad_token_id=pad if pad is not None else eos)
+        if num_beams == 1:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs.update(gen_kwargs)
+        new = self.lm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                               **kwargs)
+        if not isinstance(new, torch.Tensor):
+            new = new.sequences
+        if return_ids:
+            return new
+        texts = []
+        for row in new.tolist():
+            if eos is not None and eos in row:
+                row = row[:row.index(eos)]
+            texts.append(tokenizer.decode(row, skip_special_tokens=True))
+        return texts
+
+    # ------------------------------------------------------------------------------------------ save / load
+    def connector_config(self) -> dict:
+        """Settings that identify the connector and what it plugs into (written next to its weights)."""
+        c = self.connector
+        embed = self.lm.get_input_embeddings().weight
+        cfg = {"connector_type": self.connector_type, "vision_model_name": self.vision_model_name,
+               "vision_pretrained": self.vision_pretrained, "vision_dim": self.vision_dim,
+               "lm_hidden": int(embed.shape[1]), "vocab_size": int(embed.shape[0]),
+               "lm_name_or_path": getattr(getattr(self.lm, "config", None), "_name_or_path", None) or None,
+               "lm_class": type(self.lm).__name__}
+        if isinstance(c, AlignConnector):
+            cfg["connector_kwargs"] = {
+                "reduction": c.reduction, "reduction_factor": c.reduction_factor,
+                "second_ln": c.ln2 is not None, "affine_ln": c.ln1.elementwise_affine,
+                "softmax_fp32": c.softmax_fp32, "w1_bias": c.w1.bias is not None,
+                "detach_embeddings": c.detach_embeddings}
+            cfg["vocab_subset"] = None if c.vocab_subset is None else c.vocab_subset.tolist()
+        elif isinstance(c, MLPConnector):
+            cfg["connector_kwargs"] = {"reduction": c.reduction, "reduction_factor": c.reduction_factor,
+                                       "hidden": c.fc1.out_features, "bias": c.fc1.bias is not None}
+        return cfg
+
+    def save_connector(self, directory: Union[str, os.PathLike]) -> str:
+        """Write the connector weights (``alignvlm_connector.pt``) and its settings JSON to ``directory``.
+        The tower and the LM are referenced by name, not saved. Returns the directory."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.connector.state_dict().items()}
+        torch.save(state, os.path.join(directory, CONNECTOR_WEIGHTS_NAME))
+        with open(os.path.join(directory, CONNECTOR_CONFIG_NAME), "w") as f:
+            json.dump(self.connector_config(), f, indent=2, sort_keys=True)
+        return directory
+
+    @staticmethod
+    def read_connector_config(directory: Union[str, os.PathLike]) -> dict:
+        with open(os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)) as f:
+            return json.load(f)
+
+    def load_connector(self, directory: Union[str, os.PathLike], strict: bool = True) -> dict:
+        """Load connector weights saved by :meth:`save_connector` into this model's connector.
+
+        Checks that the connector type and dims match (``ValueError`` otherwise); restores a saved
+        ``vocab_subset``. Returns the saved settings.
+        """
+        cfg = self.read_connector_config(directory)
+        mine = self.connector_config()
+        for key in ("connector_type", "vision_dim", "lm_hidden", "vocab_size"):
+            if cfg.get(key) != mine.get(key):
+                raise ValueError(f"saved connector {key}={cfg.get(key)!r} does not match this model's "
+                                 f"{mine.get(key)!r}")
+        param = next(self.connector.parameters())
+        state = torch.load(os.path.join(os.fspath(directory), CONNECTOR_WEIGHTS_NAME), map_location=param.device,
+                           weights_only=True)
+        self.connector.load_state_dict(state, strict=strict)
+        if isinstance(self.connector, AlignConnector):
+            self.connector.set_vocab_subset(cfg.get("vocab_subset"))
+        return cfg
+
+    @classmethod
+    def from_connector_dir(cls, directory: Union[str, os.PathLike], lm: Optional[nn.Module] = None,
+                           visual: Optional[nn.Module] = None, **kwargs) -> "AlignVLM":
+        """Rebuild a model from a saved connector: the tower from the recorded open_clip name (unless
+        ``visual`` is given), the LM from the recorded path via ``local_files_only`` (unless ``lm`` is given),
+        then load the connector weights."""
+        cfg = cls.read_connector_config(directory)
+        if lm is None:
+            if not cfg.get("lm_name_or_path"):
+                raise ValueError("no lm given and the saved settings record no lm_name_or_path")
+            from transformers import AutoModelForCausalLM
+
+            lm = AutoModelForCausalLM.from_pretrained(cfg["lm_name_or_path"], local_files_only=True)
+        if visual is None:
+            if not cfg.get("vision_model_name"):
+                raise ValueError("no visual given and the saved settings record no vision_model_name")
+            import open_clip
+
+            visual = open_clip.create_model(cfg["vision_model_name"], pretrained=cfg.get("vision_pretrained")).visual
+        ckw = dict(cfg.get("connector_kwargs") or {})
+        model = cls(visual, lm, cfg["connector_type"], vision_dim=cfg["vision_dim"], connector_kwargs=ckw,
+                    vision_model_name=cfg.get("vision_model_name"),
+                    vision_pretrained=cfg.get("vision_pretrained"), **kwargs)
+        model.load_connector(directory)
+        return model
