@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from open_clip_align.vlm import AlignConnector, MLPConnector  # noqa: E402
-from results_io import write_json  # noqa: E402
+from harness import time_arms, write_json  # noqa: E402
 
 _PAGE = 4096
 
@@ -79,16 +79,6 @@ def _saved_bytes(fn, exclude) -> int:
     return sum(seen.values())
 
 
-def _rounds(arms: dict, rounds: int) -> dict:
-    times = {name: [] for name in arms}
-    for _ in range(rounds):
-        for name, fn in arms.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def _train_step(module, feats, embed):
     def run():
         module.zero_grad(set_to_none=True)
@@ -121,8 +111,7 @@ def bench_vocab(v: int, args) -> dict:
     align = AlignConnector(dv, h, v, lm_head_weight=embed)
     mlp = MLPConnector(dv, h)
     arms = {"align": _train_step(align, feats, embed), "mlp": _train_step(mlp, feats, embed)}
-    _rounds(arms, 1)  # warm-up
-    times = {k: statistics.median(ts) for k, ts in _rounds(arms, args.rounds).items()}
+    times = {k: statistics.median(ts) for k, ts in time_arms(arms, args.rounds, warmup=1).items()}
     result = {"V": v, "align_fwd_bwd_s": times["align"], "mlp_fwd_bwd_s": times["mlp"],
               "align_over_mlp": times["align"] / times["mlp"], "bnv_fp32_mb": b * n * v * 4 / 2**20,
               "align_mem": _memory(align, feats, embed), "mlp_mem": _memory(mlp, feats, embed)}
@@ -141,8 +130,7 @@ def bench_subset(v: int, s: int, args) -> dict:
     arms = {"full fwd+bwd": _train_step(full, feats, embed), "subset fwd+bwd": _train_step(sub, feats, embed),
             "full fwd (no_grad)": _forward_only(full, feats, embed),
             "subset fwd (no_grad)": _forward_only(sub, feats, embed)}
-    _rounds(arms, 1)
-    times = {k: statistics.median(ts) for k, ts in _rounds(arms, args.rounds).items()}
+    times = {k: statistics.median(ts) for k, ts in time_arms(arms, args.rounds, warmup=1).items()}
     return {"V": v, "S": s, "times_s": times,
             "speedup_fwd_bwd": times["full fwd+bwd"] / times["subset fwd+bwd"],
             "speedup_fwd": times["full fwd (no_grad)"] / times["subset fwd (no_grad)"],

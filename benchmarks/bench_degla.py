@@ -35,29 +35,10 @@ import open_clip
 from open_clip_align.losses import DeGLALoss, NegCLIPLoss, degla_terms
 from open_clip_align.models import ema
 from open_clip_align.models.hardneg import HardNegCLIP
-from results_io import write_json
+from harness import time_arms, write_json
 
 TARGETS = {"loss": 0.5, "step": 1.05, "ema": 0.02}
 WEIGHTS = {"igc": 0.1, "tgc": 0.1, "distill": 0.005}  # DeGLALoss defaults (spec §2.5)
-
-
-def _time_arms(arms: dict, repeats: int, warmup: int, inner: int = 1) -> dict:
-    """Run every arm ``warmup`` rounds untimed, then ``repeats`` timed rounds, alternating.
-
-    Each sample is the mean over ``inner`` back-to-back calls. Returns {arm: [seconds per call, ...]}.
-    """
-    for _ in range(warmup):
-        for fn in arms.values():
-            for _ in range(inner):
-                fn()
-    times = {name: [] for name in arms}
-    for _ in range(repeats):
-        for name, fn in arms.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[name].append((time.perf_counter() - start) / inner)
-    return times
 
 
 def _summary(samples: list) -> dict:
@@ -168,7 +149,7 @@ def bench_loss(n: int, k: int, d: int, repeats: int, warmup: int, inner: int) ->
         "ours, tgc reference": arm(lambda: ours_reference(**inputs)),
         "ours, tgc fixed + valid mask": arm(lambda: ours_fixed(**inputs, neg_text_valid=valid)),
     }
-    times = _time_arms(arms, repeats, warmup, inner)
+    times = time_arms(arms, repeats, warmup, inner)
     return {"shape": {"N": n, "K": k, "D": d, "s": 100.0}, "checked_equal": values,
             "arms": {name: _summary(ts) for name, ts in times.items()}}
 
@@ -236,13 +217,13 @@ def bench_step(name: str, batch: int, k: int, repeats: int, warmup: int, ema_rep
     handle = ema.install_step_hook()
     try:
         steps_before = degla_model.ema_steps
-        times = _time_arms({"negclip + teacher fwd": baseline_step, "degla": degla_step}, repeats, warmup)
+        times = time_arms({"negclip + teacher fwd": baseline_step, "degla": degla_step}, repeats, warmup)
         ema_updates = degla_model.ema_steps - steps_before
         if ema_updates != warmup + repeats:
             raise RuntimeError(f"step hook ran the EMA {ema_updates} times for {warmup + repeats} steps")
     finally:
         handle.remove()
-    ema_times = _time_arms({"update_teacher (fused)": degla_model.update_teacher,
+    ema_times = time_arms({"update_teacher (fused)": degla_model.update_teacher,
                             "unfused mul_/add_ loop": unfused_ema(degla_model, degla_model.ema_decay)},
                            ema_repeats, warmup=2)
     n_params = sum(p.numel() for n, p in degla_model.named_parameters() if not n.startswith("teacher."))

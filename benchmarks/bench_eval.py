@@ -26,7 +26,7 @@ import open_clip_align  # noqa: E402,F401
 from open_clip_align.data.synthetic import generate  # noqa: E402
 from open_clip_align.eval import sugarcrepe  # noqa: E402
 from open_clip_align.eval.scoring import DualEncoderScorer  # noqa: E402
-from results_io import write_json  # noqa: E402
+from harness import write_json  # noqa: E402
 
 
 @torch.inference_mode()

@@ -14,7 +14,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from open_clip_align.data.hardneg import get_hardneg_train_data
 from open_clip_align.data.synthetic import generate
 from open_clip_align.losses import NegCLIPLoss
 from open_clip_align.params import build_preparser
-from results_io import write_json
+from harness import time_arms, write_json
 
 
 def _hardneg_args(train_csv: Path, k: int, batch_size: int) -> argparse.Namespace:
@@ -36,17 +35,6 @@ def _hardneg_args(train_csv: Path, k: int, batch_size: int) -> argparse.Namespac
                          csv_separator="\t", batch_size=batch_size, workers=0, distributed=False,
                          world_size=1, rank=0, seed=0, train_num_samples=None, dataset_resampled=False)
     return args
-
-
-def _rounds(arms: dict, rounds: int) -> dict:
-    """Run each arm ``rounds`` times, alternating; returns {arm: [seconds...]}."""
-    times = {name: [] for name in arms}
-    for _ in range(rounds):
-        for name, fn in arms.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def bench_dataset(data_dir: Path, k: int, n: int, rounds: int, model: str) -> dict:
@@ -65,7 +53,7 @@ def bench_dataset(data_dir: Path, k: int, n: int, rounds: int, model: str) -> di
     def run(dataset):
         return lambda: [dataset[i] for i in range(n)]
 
-    times = _rounds({"CsvDataset": run(theirs), f"hardneg csv (K={k})": run(ours)}, rounds)
+    times = time_arms({"CsvDataset": run(theirs), f"hardneg csv (K={k})": run(ours)}, rounds)
     return {name: {"samples_per_s": n / statistics.median(ts), "median_s": statistics.median(ts), "samples": n}
             for name, ts in times.items()}
 
@@ -90,8 +78,7 @@ def bench_step(model_name: str, batch: int, k: int, rounds: int) -> dict:
         return run
 
     arms = {"clip": step(ClipLoss(), False), f"negclip (K={k})": step(NegCLIPLoss(), True)}
-    _rounds(arms, 1)  # warm-up
-    times = _rounds(arms, rounds)
+    times = time_arms(arms, rounds, warmup=1)
     return {name: {"median_s": statistics.median(ts), "samples_per_s": batch / statistics.median(ts)}
             for name, ts in times.items()}
 

@@ -33,7 +33,7 @@ from open_clip_align.negatives import DEGLA_TYPES, NEG_TYPES, Request, create_ba
 from open_clip_align.negatives.cli import (RunStats, chunk_size, default_checker, generate_parser,  # noqa: E402
                                            process_chunk, request_seed, validation_nlp)
 from open_clip_align.negatives.io import CaptionRow  # noqa: E402
-from results_io import write_json  # noqa: E402
+from harness import write_json  # noqa: E402
 
 CAPTIONS = [
     "A man riding a brown horse on the beach.", "Two dogs playing with a red ball in the grass.",
