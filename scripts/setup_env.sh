@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Create or update the project virtualenv (default ./.venv, override with OCA_VENV) with the tested
-# requirements and an editable install of the package. Re-installs only when requirements.txt or
-# setup.py changed since the last run. Sourced by quickstart.sh and test.sh.
+# requirements (requirements-nodeps.txt without their dependencies) and an editable install of the package.
+# Re-installs only when a requirements file or setup.py changed since the last run. Sourced by quickstart.sh
+# and test.sh.
 set -euo pipefail
 OCA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OCA_VENV="${OCA_VENV:-$OCA_ROOT/.venv}"
 OCA_PYTHON="$OCA_VENV/bin/python"
 _stamp="$OCA_VENV/.open_clip_align-installed"
-_want="$(cat "$OCA_ROOT/requirements.txt" "$OCA_ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
+_want="$(cat "$OCA_ROOT/requirements.txt" "$OCA_ROOT/requirements-nodeps.txt" "$OCA_ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$OCA_PYTHON" ]; then
   echo "[setup] creating virtualenv $OCA_VENV"
   python3 -m venv "$OCA_VENV"
@@ -16,6 +17,7 @@ if [ "$(cat "$_stamp" 2>/dev/null || true)" != "$_want" ]; then
   echo "[setup] installing requirements into $OCA_VENV (first run: several minutes)"
   "$OCA_PYTHON" -m pip install -q --upgrade pip
   "$OCA_PYTHON" -m pip install -q -r "$OCA_ROOT/requirements.txt"
+  "$OCA_PYTHON" -m pip install -q --no-deps -r "$OCA_ROOT/requirements-nodeps.txt"
   "$OCA_PYTHON" -m pip install -q --no-deps --no-build-isolation -e "$OCA_ROOT"
   echo "$_want" > "$_stamp"
 fi
