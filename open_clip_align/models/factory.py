@@ -108,8 +108,9 @@ def create_plugin_model(
         cfg["vision_cfg"]["image_size"] = force_image_size
     if force_context_length is not None:
         cfg["text_cfg"]["context_length"] = force_context_length
-    cfg.update(model_kwargs)
     options = {k: v for k, v in block.items() if k not in ("arch", "base")}
+    options.update({k: model_kwargs.pop(k) for k in list(model_kwargs) if k in options})  # overrides of block options
+    cfg.update(model_kwargs)
 
     preprocess_cfg = asdict(PreprocessCfg())
     checkpoint_path = None
