@@ -6,7 +6,7 @@ Two seams:
   ``create_model`` (both ``open_clip.create_model`` and ``open_clip.factory.create_model``) so configs with an
   ``open_clip_align`` block build plugin classes; every other name reaches the original untouched.
 * ``training_hooks()`` — for the duration of one ``open_clip_train.main.main`` call: our argument pre-parser,
-  loss dispatch, hard-negative data, model set-up for the chosen loss (including the EMA teacher's optimizer
+  loss dispatch, hard-negative and ComAlign data, model set-up for the chosen loss (including the EMA teacher's optimizer
   step post-hook, removed afterwards), and a DDP that accepts CPU modules.
 """
 import argparse
@@ -20,7 +20,7 @@ import open_clip.factory as oc_factory
 import torch
 
 from . import losses
-from .models import HardNegCLIP, create_plugin_model, ema, plugin_block
+from .models import ComAlignCLIP, HardNegCLIP, create_plugin_model, ema, load_comalign_head, plugin_block
 from .params import add_plugin_args, build_preparser
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -80,6 +80,11 @@ def _parse_args(original_parse_args, state, argv):
     if losses.loss_uses_hardneg(ours.loss) and ours.hardneg_format == "none":
         pre.error(f"--loss {ours.loss} trains on hard negative captions: give --train-data with "
                   f"--hardneg-format (csv, degla-json, jsonl or wds)")
+    if (ours.loss == "comalign") != (ours.comalign_data != "none"):
+        pre.error("--loss comalign trains on ComAlign components and needs --comalign-data features|images "
+                  "(and --comalign-data needs --loss comalign)")
+    if ours.comalign_data != "none" and ours.hardneg_format != "none":
+        pre.error("--comalign-data and --hardneg-format cannot be combined")
     if not 0.0 <= ours.ema_decay <= 1.0:
         pre.error(f"argument --ema-decay: expected a decay in [0, 1], got {ours.ema_decay}")
     args = original_parse_args(rest)
@@ -105,6 +110,9 @@ def _create_model_and_transforms(original, state, model_name, *args, **kwargs):
     run_args = state["args"]
     if model_name != run_args.model:
         return model, preprocess_train, preprocess_val
+    if run_args.comalign_data != "none":
+        _setup_comalign(model, run_args)
+        return model, preprocess_train, preprocess_val
     needs_model = losses.loss_uses_hardneg(run_args.loss) or run_args.hardneg_format != "none"
     if needs_model and not isinstance(model, HardNegCLIP):
         raise PluginUsageError(
@@ -129,17 +137,33 @@ def _create_model_and_transforms(original, state, model_name, *args, **kwargs):
     return model, preprocess_train, preprocess_val
 
 
-def _get_data(original, args, preprocess_fns, epoch=0, tokenizer=None):
-    if args.hardneg_format == "none":
-        return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
-    from .data.hardneg import get_hardneg_train_data  # needs open_clip_train's data stack: import when used
+def _setup_comalign(model, run_args) -> None:
+    """``--comalign-data`` trains a ComAlign head: the model must be a ``comalign-*`` one; ``--comalign-head``
+    seeds its head."""
+    if not isinstance(model, ComAlignCLIP):
+        raise PluginUsageError(
+            f"--model {run_args.model} is not a ComAlign model, but --loss comalign trains a ComAlign head; use "
+            f"one of {_plugin_models(lambda b: b.get('arch') == 'comalign')}")
+    if run_args.comalign_head:
+        load_comalign_head(model.comalign_head, run_args.comalign_head)
 
+
+def _get_data(original, args, preprocess_fns, epoch=0, tokenizer=None):
+    if args.hardneg_format == "none" and args.comalign_data == "none":
+        return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
     rest_args = argparse.Namespace(**vars(args))
     rest_args.train_data = None
     if rest_args.dataset_type == "synthetic":
         rest_args.dataset_type = "auto"
     data = original(rest_args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
-    data["train"] = get_hardneg_train_data(args, preprocess_fns[0], tokenizer, epoch=epoch)
+    # the plugin's loaders need open_clip_train's data stack: import when used
+    if args.comalign_data != "none":
+        from .data.comalign import get_comalign_train_data
+        # views are the cached/evaluated kind: the deterministic (val) transform, no augmentation
+        data["train"] = get_comalign_train_data(args, preprocess_fns[1], tokenizer, epoch=epoch)
+    else:
+        from .data.hardneg import get_hardneg_train_data
+        data["train"] = get_hardneg_train_data(args, preprocess_fns[0], tokenizer, epoch=epoch)
     return data
 
 

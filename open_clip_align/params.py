@@ -7,6 +7,7 @@ Upstream's parser uses ``allow_abbrev=True``, so ``--loss degla`` would silently
 import argparse
 
 HARDNEG_FORMATS = ("none", "csv", "degla-json", "jsonl", "wds")
+COMALIGN_DATA = ("none", "features", "images")
 
 
 def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -87,6 +88,45 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--ceclip-fixed-threshold", type=float, default=10.0, help="CMR margin for 'fixed' thresholds.")
     g.add_argument("--ceclip-upper-bound", type=float, default=10.0,
                    help="Adaptive CMR margins are clamped to [0, this].")
+
+    g = parser.add_argument_group(
+        "open_clip_align: ComAlign (--loss comalign; a comalign-* model: frozen CLIP, only the head trains)")
+    g.add_argument(
+        "--comalign-data", default="none", choices=COMALIGN_DATA,
+        help="'features': --train-data is a component store (.h5) written by python -m "
+             "open_clip_align.comalign.embed (fast: no image is decoded); 'images': --train-data is a caption "
+             "file (COCO captions JSON, Karpathy JSON or CSV/TSV) and views are rendered from boxes per step.")
+    g.add_argument("--comalign-annotation-format", default="auto", choices=("auto", "coco", "karpathy", "csv"),
+                   help="'images': format of --train-data (auto: by extension and content). CSV/TSV columns come "
+                        "from --csv-img-key/--csv-caption-key/--csv-separator.")
+    g.add_argument("--comalign-image-root", default=None,
+                   help="'images': folder relative image paths resolve against (default: the caption file's).")
+    g.add_argument("--comalign-boxes", default="grid", choices=("gt", "segment", "grid", "torchvision", "ultralytics"),
+                   help="'images': region proposer. gt = ShapeCrepe scene graphs (--comalign-scenes), segment = "
+                        "felzenszwalb regions, grid = 3x3 grid + centre box (no weights), torchvision/ultralytics = "
+                        "a detector from local weights (--comalign-detector-weights).")
+    g.add_argument("--comalign-scenes", default=None, help="scenes.jsonl with ground-truth boxes (--comalign-boxes gt).")
+    g.add_argument("--comalign-detector-weights", default=None,
+                   help="Local detector weights for --comalign-boxes torchvision|ultralytics (never downloaded).")
+    g.add_argument("--comalign-render", default="grey", choices=("grey", "crop"),
+                   help="How a view shows its box: the whole image greyed outside it (the paper's figure), or a crop.")
+    g.add_argument("--comalign-letterbox", action="store_true", default=False,
+                   help="Pad images to a square before rendering views, so centre-cropping cannot cut boxes.")
+    g.add_argument("--comalign-max-captions", type=int, default=5,
+                   help="Captions kept per image; one of them is drawn per image per epoch.")
+    g.add_argument("--comalign-head", default=None,
+                   help="Start the head from this checkpoint (the released ComAlign-CLIP-VIT-B32.pt or ours).")
+    g.add_argument("--comalign-temperature", type=float, default=0.07,
+                   help="τ: every contrastive term divides its scores by τ.")
+    g.add_argument("--comalign-entity-weight", type=float, default=1.0, help="λ_e: the entity max-mean term.")
+    g.add_argument("--comalign-relation-weight", type=float, default=1.0, help="λ_r: the relation max-mean term.")
+    g.add_argument("--comalign-global-weight", type=float, default=1.0,
+                   help="λ_g: CLIP loss between the refined global token and the caption embedding.")
+    g.add_argument("--comalign-padding", default="masked", choices=("masked", "reference"),
+                   help="'masked': max and mean over real components only; 'reference': zero pads stay in the "
+                        "means (the released scorer's semantics, an ablation for training).")
+    g.add_argument("--comalign-smooth-max", type=float, default=0.0, metavar="TAU_M",
+                   help="Replace the hard max by TAU_M*logsumexp(x/TAU_M) (e.g. 0.05); 0 keeps the hard max.")
     return parser
 
 

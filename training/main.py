@@ -1,4 +1,4 @@
-"""open_clip_train's own training loop with open_clip_align's losses, models and hard-negative data.
+"""open_clip_train's own training loop with open_clip_align's losses, models, hard-negative and ComAlign data.
 
     python -m training.main --model hardneg-tiny-ViT --loss negclip --hardneg-format csv \
         --train-data train.csv --precision fp32 ...
@@ -15,6 +15,7 @@ import open_clip_train.main as train_main
 
 import open_clip_align  # noqa: F401  (registers models, configs and losses)
 from open_clip_align._patches import PluginUsageError, training_hooks
+from open_clip_align.comalign.annotations import ComAlignDataError
 from open_clip_align.data.hardneg import HardNegDataError
 
 
@@ -29,7 +30,7 @@ def cli() -> None:
     """Console entry: user errors become one readable line and exit status 2."""
     try:
         result = main()
-    except (PluginUsageError, HardNegDataError) as err:
+    except (PluginUsageError, HardNegDataError, ComAlignDataError) as err:
         print(f"training.main: error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:  # open_clip_train sets every logger to INFO; keep torch's exit-time stats dump off the console

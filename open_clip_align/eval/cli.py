@@ -7,7 +7,9 @@
     python -m open_clip_align.eval --compare clip.json degla.json --compare-png compare.png
 
 Models: any name open_clip knows (built-in, plugin configs such as ``degla-*``/``negclip-*``, ``local-dir:``
-exports); ``--pretrained`` is a tag or a checkpoint file. Data is never downloaded: each benchmark reads the
+exports); ``--pretrained`` is a tag or a checkpoint file. ComAlign models (``comalign-*``) rank with their
+components (boxes from ``--comalign-boxes``, spaCy phrases) in the paper form; their zero-shot numbers are the
+base CLIP's. Data is never downloaded: each benchmark reads the
 official files under its root (``--data-root DIR`` means DIR/<benchmark>; ``--data-root NAME=DIR`` sets one).
 Each official protocol is reproduced (tie rules, averaging, filters), and every pairwise benchmark also reports
 blind text-only baselines (a bigram LM fit on its positive captions, and the text tower's embedding norm).
@@ -55,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval-max-captions", type=int, default=None,
                    help="keep only the first N captions per image (default: all, CLIP_benchmark's protocol)")
     p.add_argument("--zeroshot-split", default="test")
+    g = p.add_argument_group("ComAlign models (comalign-*): components per image and caption")
+    g.add_argument("--comalign-head", default=None, help="head weights (the released file or ours)")
+    g.add_argument("--comalign-boxes", default="grid", choices=("gt", "segment", "grid", "torchvision", "ultralytics"),
+                   help="region proposer for the image components (gt needs --comalign-scenes; detectors need "
+                        "--comalign-detector-weights)")
+    g.add_argument("--comalign-scenes", nargs="+", default=None, help="ShapeCrepe scenes.jsonl file(s) for gt boxes")
+    g.add_argument("--comalign-detector-weights", default=None, help="local detector weights")
+    g.add_argument("--comalign-render", default="grey", choices=("grey", "crop"), help="how a view shows its box")
+    g.add_argument("--comalign-letterbox", action="store_true", help="pad images to a square before rendering")
+    g.add_argument("--comalign-padding", default="masked", choices=("masked", "reference"),
+                   help="max-mean over real components only (heads trained here) or the released scorer's "
+                        "zero-padded means (the released head)")
+    g.add_argument("--comalign-global", default="refined", choices=("refined", "clip"),
+                   help="global term of the paper mean: the refined token ĉ or CLIP's ĝ")
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="JSON",
                    help="render result files side by side (no evaluation)")
     p.add_argument("--compare-png", type=Path, default=None, help="with --compare: also write a bar chart")
@@ -93,8 +109,9 @@ def build_scorer(args):
     from .scoring import DualEncoderScorer
 
     torch.manual_seed(args.seed)  # without --pretrained the weights are random: make them reproducible
+    extra = {"head_checkpoint": args.comalign_head} if args.comalign_head else {}
     model, _, preprocess = open_clip.create_model_and_transforms(
-        args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device)
+        args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device, **extra)
     model.eval()
     cache = None
     if args.cache_dir is not None:
@@ -102,9 +119,25 @@ def build_scorer(args):
         weights = args.pretrained or f"random-init-seed-{args.seed}"
         cache = FeatureCache(args.cache_dir, model_key(args.model, weights, args.precision,
                                                        get_model_preprocess_cfg(model)))
-    return DualEncoderScorer(model, preprocess, open_clip.get_tokenizer(args.model), device=args.device,
-                             batch_size=args.batch_size, workers=args.workers, cache=cache,
-                             progress=not args.quiet and sys.stderr.isatty())
+    tokenizer = open_clip.get_tokenizer(args.model)
+    progress = not args.quiet and sys.stderr.isatty()
+    scorer = DualEncoderScorer(model, preprocess, tokenizer, device=args.device, batch_size=args.batch_size,
+                               workers=args.workers, cache=cache, progress=progress)
+    from ..models import ComAlignCLIP
+    if not isinstance(model, ComAlignCLIP):
+        return scorer
+    from ..comalign.boxes import make_box_provider
+    from ..comalign.scorer import ComAlignScorer
+    options = {"gt": {"scenes": args.comalign_scenes}, "torchvision": {"weights_path": args.comalign_detector_weights},
+               "ultralytics": {"weights_path": args.comalign_detector_weights}}.get(args.comalign_boxes, {})
+    missing = [k for k, v in options.items() if not v]
+    if missing:
+        flag = "--comalign-scenes" if args.comalign_boxes == "gt" else "--comalign-detector-weights"
+        raise EvalDataError(f"--comalign-boxes {args.comalign_boxes} needs {flag}")
+    return ComAlignScorer(model, preprocess, tokenizer, make_box_provider(args.comalign_boxes, **options),
+                          render=args.comalign_render, letterbox=args.comalign_letterbox,
+                          padding=args.comalign_padding, global_term=args.comalign_global, device=args.device,
+                          batch_size=args.batch_size, progress=progress, base=scorer)
 
 
 def evaluate(args, scorer=None) -> List[dict]:

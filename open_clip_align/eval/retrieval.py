@@ -29,10 +29,13 @@ LAYOUT = ("<root>/coco_karpathy_test.json (COCO Karpathy test, BLIP/ALBEF format
           "{'image': 'flickr30k-images/<id>.jpg', 'caption': [...]}, images at <root>/<image>)")
 
 
-def retrieval_ranks(similarity: torch.Tensor, caption_image: torch.Tensor) -> Dict[str, torch.Tensor]:
+def retrieval_ranks(similarity: torch.Tensor, caption_image: torch.Tensor,
+                    text_to_image: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """0-based ranks of the right answer in both directions, ties counted against it.
 
     ``similarity [n_images, n_captions]``; ``caption_image [n_captions]`` is each caption's image index.
+    ``text_to_image [n_captions, n_images]``: scores that rank images per caption when they differ from
+    ``similarity`` (direction-specific scorers such as ComAlign's); by default ``similarity.T``.
     Returns ``image_to_text [n_images]`` (rank of an image's best own caption), ``text_to_image
     [n_captions]`` (rank of a caption's image), and the boolean ``*_tie`` masks of queries whose right answer
     scores exactly as high as some wrong candidate.
@@ -41,30 +44,33 @@ def retrieval_ranks(similarity: torch.Tensor, caption_image: torch.Tensor) -> Di
     own = torch.zeros(n_images, n_captions, dtype=torch.bool)
     own[caption_image, torch.arange(n_captions)] = True
     best_own = similarity.masked_fill(~own, float("-inf")).max(dim=1).values
-    own_score = similarity[caption_image, torch.arange(n_captions)]
+    per_text = similarity if text_to_image is None else text_to_image.T
+    own_score = per_text[caption_image, torch.arange(n_captions)]
     return {"image_to_text": ((similarity >= best_own[:, None]) & ~own).sum(dim=1),
-            "text_to_image": ((similarity >= own_score[None, :]) & ~own).sum(dim=0),
+            "text_to_image": ((per_text >= own_score[None, :]) & ~own).sum(dim=0),
             "image_to_text_tie": ((similarity == best_own[:, None]) & ~own).any(dim=1),
-            "text_to_image_tie": ((similarity == own_score[None, :]) & ~own).any(dim=0)}
+            "text_to_image_tie": ((per_text == own_score[None, :]) & ~own).any(dim=0)}
 
 
-def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
+def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
+                text_to_image: Optional[torch.Tensor] = None) -> dict:
     """Recall@k (%) from ``similarity [n_images, n_captions]``; ``caption_image [n_captions]`` is each
     caption's image index. A wrong candidate that *ties* the right one ranks ahead of it (ties count as
     misses, as SugarCrepe's strict rule does), so identical captions of different images cannot both score.
 
-    Returns ``{"image_to_text": {k: %}, "text_to_image": {k: %}}``.
+    Returns ``{"image_to_text": {k: %}, "text_to_image": {k: %}}``. ``text_to_image`` as in ``retrieval_ranks``.
     """
-    ranks = retrieval_ranks(similarity, caption_image)
+    ranks = retrieval_ranks(similarity, caption_image, text_to_image)
     return {d: {k: 100.0 * (ranks[d] < k).float().mean().item() for k in ks}
             for d in ("image_to_text", "text_to_image")}
 
 
-def metrics(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
+def metrics(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
+            text_to_image: Optional[torch.Tensor] = None) -> dict:
     """Recall@k (%) both ways, RSUM (the six recalls summed; None unless ``ks`` is 1, 5, 10), the 1-based mean
     rank per direction, and counts: ``n_items`` = queries (images + captions), ``n_ties`` = queries
-    whose right answer ties a wrong candidate (scored as misses)."""
-    ranks = retrieval_ranks(similarity, caption_image)
+    whose right answer ties a wrong candidate (scored as misses). ``text_to_image`` as in ``retrieval_ranks``."""
+    ranks = retrieval_ranks(similarity, caption_image, text_to_image)
     result = {d: {k: 100.0 * (ranks[d] < k).float().mean().item() for k in ks}
               for d in ("image_to_text", "text_to_image")}
     result["rsum"] = (sum(result["image_to_text"].values()) + sum(result["text_to_image"].values())
@@ -78,25 +84,30 @@ def metrics(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[
 
 
 def _similarity(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]]
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(similarity [n_images, n_captions], caption_image [n_captions])`` with captions flattened image by
-    image; each unique image and caption encoded once."""
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(similarity [n_images, n_captions], caption_image [n_captions], text_to_image)`` with captions
+    flattened image by image; each unique image and caption encoded once. ``text_to_image [n_captions,
+    n_images]`` is None unless the scorer ranks each direction with its own scores (``retrieval_scores``)."""
     if len(images) != len(captions) or not images:
         raise EvalDataError(f"retrieval needs one caption list per image, got {len(images)} images and "
                             f"{len(captions)} caption lists")
     flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
+    caption_image = torch.tensor([i for i, _ in flat])
+    if hasattr(scorer, "retrieval_scores"):
+        i2t, t2i = scorer.retrieval_scores(images, [c for _, c in flat])
+        return i2t, caption_image, t2i
     image_features = scorer.image_features(images)
     text_features = scorer.text_features([c for _, c in flat])
     img = torch.stack([image_features[r] for r in images])
     txt = torch.stack([text_features[c] for _, c in flat])
-    return img @ txt.T, torch.tensor([i for i, _ in flat])
+    return img @ txt.T, caption_image, None
 
 
 def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
                        ks: Sequence[int] = (1, 5, 10)) -> Dict[str, dict]:
     """Recall@k (%) for ``images`` and their captions ``captions[i]`` (one or more each), every caption kept."""
-    similarity, caption_image = _similarity(scorer, images, captions)
-    result = recall_at_k(similarity, caption_image, ks)
+    similarity, caption_image, text_to_image = _similarity(scorer, images, captions)
+    result = recall_at_k(similarity, caption_image, ks, text_to_image)
     result["n_images"], result["n_captions"] = len(images), len(caption_image)
     return result
 
@@ -151,7 +162,8 @@ def evaluate(scorer, root, dataset: str = "coco", annotation=None, ks: Sequence[
     """``metrics`` on a Karpathy test split, plus ``protocol`` (``PROTOCOL`` with this run's split and
     caption policy)."""
     images, captions = load(root, dataset, annotation, max_captions)
-    result = metrics(*_similarity(scorer, images, captions), ks)
+    similarity, caption_image, text_to_image = _similarity(scorer, images, captions)
+    result = metrics(similarity, caption_image, ks, text_to_image)
     standard = DATASETS[dataset][1]
     result["protocol"] = {**PROTOCOL, "split": f"{dataset} Karpathy test ({len(images)} images; standard "
                                                f"{standard})",

@@ -2,6 +2,7 @@
 import open_clip
 
 from .ceclip import CEClipLoss
+from .comalign import ComAlignLoss
 from .degla import DeGLALoss, degla_terms
 from .negclip import NegCLIPLoss, negclip_logits
 from .registry import create_loss, list_losses, loss_uses_hardneg, loss_uses_teacher, register_loss
@@ -39,5 +40,12 @@ def _ceclip(args):
                       fixed_threshold=args.ceclip_fixed_threshold, upper_bound=args.ceclip_upper_bound, **_dist(args))
 
 
-__all__ = ["CEClipLoss", "DeGLALoss", "NegCLIPLoss", "create_loss", "degla_terms", "list_losses", "loss_uses_hardneg",
+@register_loss("comalign")
+def _comalign(args):
+    return ComAlignLoss(temperature=args.comalign_temperature, entity_weight=args.comalign_entity_weight,
+                        relation_weight=args.comalign_relation_weight, global_weight=args.comalign_global_weight,
+                        padding=args.comalign_padding, smooth=args.comalign_smooth_max or None, **_dist(args))
+
+
+__all__ = ["CEClipLoss", "ComAlignLoss", "DeGLALoss", "NegCLIPLoss", "create_loss", "degla_terms", "list_losses", "loss_uses_hardneg",
            "loss_uses_teacher", "negclip_logits", "register_loss"]

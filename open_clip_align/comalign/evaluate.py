@@ -1,0 +1,168 @@
+"""ComAlign image-text retrieval from a component store: CLIP alone, the paper's mean and the reference weights.
+
+    python -m open_clip_align.comalign.evaluate --model comalign-ViT-B-32 --pretrained openai \\
+        --head-checkpoint ComAlign-CLIP-VIT-B32.pt --store val2017_components.h5 --out val2017.json
+    python -m open_clip_align.comalign.evaluate --model comalign-ViT-B-32 --pretrained openai \\
+        --head-checkpoint ComAlign-CLIP-VIT-B32.pt --store val2017_components.h5 \\
+        --reference-dir embeddings/ --out val2017_reference_components.json
+
+The store (``python -m open_clip_align.comalign.embed``) fixes the protocol: embedded from COCO's
+``captions_val2017.json`` with ``--max-captions 5`` it is the reference's val2017 protocol (5,000 images in
+order of first appearance, first 5 captions each, 25,000 queries); embedded from ``coco_karpathy_test.json`` it
+is the Karpathy 5k test split of the literature. ``--reference-dir`` swaps in the released component embeddings
+(the 4-file layout) and keeps only the store's CLIP globals and caption embeddings, for parity with the
+reference numbers.
+
+Every run reports three scorings, each Recall@{1,5,10,50} (%) in both directions (image→text: a hit if any of
+the image's captions is in the top k; text→image: a hit if the caption's image is; a tie with a wrong candidate
+counts as a miss): ``clip`` = C only (zero-shot CLIP, the same-protocol baseline), ``paper`` = the equal mean of
+the refined global and the two role scores, ``reference`` = the released hand-set weights with transductive
+(test-set) normalisation. Results: JSON (``--out``, with the protocol and the normalisation constants) and a
+Markdown table on stdout.
+"""
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ..eval.report import write_results
+from ..eval.retrieval import metrics
+from .annotations import ComAlignDataError
+from .scoring import PADDINGS, combine, compute_scores
+from .slots import store_image_slots
+
+KS = (1, 5, 10, 50)
+SCORINGS = ("clip", "paper", "reference")
+
+
+@torch.inference_mode()
+def encode_store_images(model, arrays: dict, batch_size: int = 256, device="cpu") -> Dict[str, torch.Tensor]:
+    """Run the head over every stored image: ``image_features`` (ĝ), ``refined_global``, ``image_entity``,
+    ``image_relation`` and their masks, concatenated on CPU (fp32)."""
+    n = len(arrays["image_ids"])
+    parts = []
+    for start in range(0, n, batch_size):
+        slots = store_image_slots(arrays, slice(start, start + batch_size)).to(device)
+        out = model(image=slots)
+        parts.append({k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()
+                      if k.startswith("image_") or k == "refined_global"})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def store_text(arrays: dict) -> Dict[str, torch.Tensor]:
+    """The text side as ``compute_scores`` takes it: frozen CLIP caption and phrase embeddings from the store."""
+    return {"text_features": arrays["text"], "text_entity": arrays["text_entity"],
+            "text_entity_mask": arrays["text_entity_mask"], "text_relation": arrays["text_relation"],
+            "text_relation_mask": arrays["text_relation_mask"]}
+
+
+def evaluate_arrays(model, arrays: dict, padding: str = "reference", ks: Sequence[int] = KS,
+                    batch_size: int = 256, device="cpu") -> Dict[str, dict]:
+    """``{scoring: eval.retrieval.metrics(...)}`` for ``SCORINGS`` (direction-specific scores: image→text ranks
+    from I2T, text→image ranks from T2I), plus each scoring's normalisation constants."""
+    if arrays.get("global") is None or arrays.get("text") is None:
+        raise ComAlignDataError("the CLIP global image and caption embeddings are missing (reference files alone do "
+                                "not hold them): pass --store with the same images")
+    image = encode_store_images(model, arrays, batch_size=batch_size, device=device)
+    scores = compute_scores(image, store_text(arrays), padding=padding)
+    owner = arrays["caption_image"]
+    results = {"clip": metrics(scores.clip, owner, ks)}
+    for mode in ("paper", "reference"):
+        combined = combine(scores, mode=mode)
+        results[mode] = metrics(combined.i2t, owner, ks, text_to_image=combined.t2i)
+        results[mode]["normalisation_constants"] = combined.constants
+    return results
+
+
+def _protocol(attrs: dict, arrays: dict, args) -> dict:
+    fmt = attrs.get("annotation_format")
+    split = {"coco": "COCO captions file (the reference's val2017 protocol when it is captions_val2017.json)",
+             "karpathy": "Karpathy test JSON (the literature's 5k/1k test split)"}.get(fmt, f"{fmt} annotations")
+    return {"split": split, "annotations": attrs.get("annotations"), "n_images": len(arrays["image_ids"]),
+            "n_captions": int(arrays["caption_image"].numel()), "max_captions": attrs.get("max_captions"),
+            "padding": args.padding, "components": "reference files" if args.reference_dir else "store",
+            "boxes": attrs.get("box_provider"), "render_mode": attrs.get("render_mode"),
+            "store_model": attrs.get("model"), "store_pretrained": attrs.get("pretrained"),
+            "tie_policy": "a wrong candidate scoring equal to the right one ranks ahead of it",
+            "scorings": {"clip": "C only (zero-shot CLIP)", "paper": "equal mean of refined global, entity and "
+                         "relation scores, no normalisation", "reference": "hand-set direction-specific weights, "
+                         "test-set normalisation (transductive)"}}
+
+
+def markdown(results: Dict[str, dict], ks: Sequence[int] = KS) -> str:
+    head = [f"I→T R@{k}" for k in ks] + [f"T→I R@{k}" for k in ks]
+    lines = ["| scoring | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for name in SCORINGS:
+        r = results[name]
+        cells = [f"{r['image_to_text'][k]:.2f}" for k in ks] + [f"{r['text_to_image'][k]:.2f}" for k in ks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m open_clip_align.comalign.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a comalign-* model name (e.g. comalign-ViT-B-32)")
+    p.add_argument("--pretrained", default=None,
+                   help="base tag (e.g. openai, already cached) or a checkpoint file (a combined base + head "
+                        "checkpoint, e.g. from training.main, restores the head too)")
+    p.add_argument("--head-checkpoint", default=None, help="head weights (the released file or ours)")
+    p.add_argument("--store", required=True, type=Path, help="component store from open_clip_align.comalign.embed")
+    p.add_argument("--reference-dir", type=Path, default=None,
+                   help="folder of the reference's 4 released .h5 files: use their components instead of the store's")
+    p.add_argument("--reference-split", default="val2017")
+    p.add_argument("--reference-tag", default="ViT-B-32_openai")
+    p.add_argument("--max-captions", type=int, default=5, help="captions kept per image (the reference: 5)")
+    p.add_argument("--padding", default="reference", choices=PADDINGS,
+                   help="'reference': zero text pads stay in the means, image slots always count (the released "
+                        "scorer); 'masked': real components only (for heads trained with masking)")
+    p.add_argument("--ks", type=int, nargs="+", default=list(KS), help="recall cut-offs")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prog = "python -m open_clip_align.comalign.evaluate"
+    try:
+        import open_clip
+
+        import open_clip_align  # noqa: F401  (comalign-* model names)
+        from ..models import ComAlignCLIP
+        from .store import ComponentStore, read_reference_layout
+
+        model = open_clip.create_model(args.model, pretrained=args.pretrained, device=args.device,
+                                       head_checkpoint=args.head_checkpoint)
+        if not isinstance(model, ComAlignCLIP):
+            raise ComAlignDataError(f"--model {args.model} is not a ComAlign model (comalign-*)")
+        model.eval()
+        with ComponentStore(args.store) as store:
+            attrs = store.attrs
+            if args.reference_dir is not None:
+                arrays = read_reference_layout(args.reference_dir, args.reference_split, args.reference_tag,
+                                               max_captions=args.max_captions, image_ids=store.ids(), source=store)
+            else:
+                arrays = store.load_arrays(max_captions=args.max_captions)
+        results = evaluate_arrays(model, arrays, padding=args.padding, ks=args.ks, batch_size=args.batch_size,
+                                  device=args.device)
+    except (ComAlignDataError, FileNotFoundError, RuntimeError, ValueError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    record = {"model": args.model, "pretrained": args.pretrained, "head_checkpoint": args.head_checkpoint,
+              "task": "comalign_retrieval", "metrics": results, "protocol": _protocol(attrs, arrays, args)}
+    print(markdown(results, args.ks))
+    if args.out is not None:
+        write_results(args.out, record)
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()
