@@ -52,3 +52,27 @@ def test_recipe_trains_a_tiny_model_on_cpu(tmp_path, shapes, script):
 def test_recipe_without_data_says_what_to_set():
     proc = _run("train_degla.sh", {})
     assert proc.returncode == 2 and "set DATA" in proc.stderr
+
+
+def test_comalign_recipe_trains_the_head_on_a_store(tmp_path, shapes):
+    import open_clip
+
+    from open_clip_align.comalign import embed
+
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "train_comalign.sh")]).returncode == 0
+    torch.manual_seed(0)
+    base = tmp_path / "base.pt"
+    torch.save(open_clip.create_model("comalign-tiny-ViT").state_dict(), base)
+    store = tmp_path / "train.h5"
+    embed.main(["--model", "comalign-tiny-ViT", "--pretrained", str(base), "--annotations", str(shapes / "train.csv"),
+                "--boxes", "gt", "--scenes", str(shapes / "scenes.jsonl"), "--limit", "64", "--out", str(store),
+                "--quiet"])
+    env = dict(GPUS="1", BATCH="32", EPOCHS="1", PRECISION="fp32", MODEL="comalign-tiny-ViT", PRETRAINED=str(base),
+               DATA=str(store), WORKERS="0", LOGS=str(tmp_path / "logs"), NAME="run")
+    proc = _run("train_comalign.sh", env, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = (tmp_path / "logs" / "run" / "params.txt").read_text()
+    for line in ("loss: comalign", "comalign_data: features", "lr: 0.0001", "wd: 0.05", "warmup: 500",
+                 "comalign_temperature: 0.07", "comalign_padding: masked", "batch_size: 32"):
+        assert line in params, line
+    assert _run("train_comalign.sh", {}).returncode == 2
