@@ -215,6 +215,13 @@ def test_base_only_and_combined_checkpoints_load_through_pretrained(tmp_path):
     again, _, _ = open_clip.create_model_and_transforms(TINY, pretrained=str(tmp_path / "epoch_2.pt"))
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for n, p in again.named_parameters() if not n.startswith("comalign_head."))
+    # head_checkpoint wins over the head inside a combined checkpoint
+    other_head = reference_state(d=64, unused=32, ffn=64, seed=11)
+    torch.save(other_head, tmp_path / "other_head.pt")
+    mixed = open_clip.create_model(TINY, pretrained=str(tmp_path / "epoch_2.pt"),
+                                   head_checkpoint=str(tmp_path / "other_head.pt"))
+    assert all(torch.equal(mixed.comalign_head.state_dict()[k], v) for k, v in other_head.items())
+    assert all(torch.equal(mixed.state_dict()[k], v) for k, v in base.items())
 
     bad = dict(base, **{"comalign_head.extra": torch.zeros(1)})
     torch.save(bad, tmp_path / "bad.pt")

@@ -135,13 +135,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         import open_clip
 
         import open_clip_align  # noqa: F401  (comalign-* model names)
-        from ..models import ComAlignCLIP
+        from ..models import load_comalign_head, plugin_block
         from .store import ComponentStore, read_reference_layout
 
-        model = open_clip.create_model(args.model, pretrained=args.pretrained, device=args.device,
-                                       head_checkpoint=args.head_checkpoint)
-        if not isinstance(model, ComAlignCLIP):
+        if (plugin_block(args.model) or {}).get("arch") != "comalign":
             raise ComAlignDataError(f"--model {args.model} is not a ComAlign model (comalign-*)")
+        model = open_clip.create_model(args.model, pretrained=args.pretrained, device=args.device)
+        if args.head_checkpoint:  # after --pretrained, so it wins over the head of a combined checkpoint
+            load_comalign_head(model.comalign_head, args.head_checkpoint)
         model.eval()
         with ComponentStore(args.store) as store:
             attrs = store.attrs
@@ -150,6 +151,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                max_captions=args.max_captions, image_ids=store.ids(), source=store)
             else:
                 arrays = store.load_arrays(max_captions=args.max_captions)
+        stored = (arrays["entity"].shape[1], arrays["relation"].shape[1])
+        if stored != (model.n_entity, model.n_relation):
+            raise ComAlignDataError(f"{args.reference_dir or args.store}: {stored[0]} entity / {stored[1]} relation "
+                                    f"slots per image, but --model {args.model} has {model.n_entity} / "
+                                    f"{model.n_relation}")
         results = evaluate_arrays(model, arrays, padding=args.padding, ks=args.ks, batch_size=args.batch_size,
                                   device=args.device)
     except (ComAlignDataError, FileNotFoundError, RuntimeError, ValueError) as err:

@@ -105,13 +105,20 @@ def build_scorer(args):
     import torch
 
     import open_clip_align  # noqa: F401  (plugin model names)
+    from ..models import ComAlignCLIP, load_comalign_head, plugin_block
     from .cache import FeatureCache, model_key
     from .scoring import DualEncoderScorer
 
+    if args.comalign_head and (plugin_block(args.model) or {}).get("arch") != "comalign":
+        raise EvalDataError(f"--comalign-head needs a ComAlign model (comalign-*), not --model {args.model}")
     torch.manual_seed(args.seed)  # without --pretrained the weights are random: make them reproducible
-    extra = {"head_checkpoint": args.comalign_head} if args.comalign_head else {}
     model, _, preprocess = open_clip.create_model_and_transforms(
-        args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device, **extra)
+        args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device)
+    if args.comalign_head:  # after --pretrained, so it wins over the head of a combined checkpoint
+        try:
+            load_comalign_head(model.comalign_head, args.comalign_head)
+        except ValueError as err:
+            raise EvalDataError(str(err)) from None
     model.eval()
     cache = None
     if args.cache_dir is not None:
@@ -123,7 +130,6 @@ def build_scorer(args):
     progress = not args.quiet and sys.stderr.isatty()
     scorer = DualEncoderScorer(model, preprocess, tokenizer, device=args.device, batch_size=args.batch_size,
                                workers=args.workers, cache=cache, progress=progress)
-    from ..models import ComAlignCLIP
     if not isinstance(model, ComAlignCLIP):
         return scorer
     from ..comalign.boxes import make_box_provider

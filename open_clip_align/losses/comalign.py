@@ -32,20 +32,25 @@ def role_contrastive_loss(image_comp: torch.Tensor, image_mask: torch.Tensor, te
 
     image_comp [N,P,d] / text_comp [N,K,d] L2-normalised, masks [N,P] / [N,K] bool (True = real).
     Rows ``row_offset .. row_offset + n_rows`` are the queries (all N by default; one rank's rows with
-    ``--local-loss``), columns are all N. Returns a scalar; 0 (still in the graph) when no row qualifies.
+    ``--local-loss``), columns are all N. The cross-entropies are averaged over the V qualifying rows of the
+    whole batch: a rank's share is Σ_{its qualifying rows} CE · N / (n_rows · V), so the mean of the ranks'
+    local losses is the full-batch loss even when ranks hold different numbers of qualifying rows.
+    Returns a scalar; 0 (still in the graph) when none of the query rows qualifies.
     """
     n = image_comp.shape[0]
     n_rows = n if n_rows is None else n_rows
     rows = torch.arange(row_offset, row_offset + n_rows, device=image_comp.device)
     i2t, t2i = maxmean_scores(image_comp, text_comp, image_mask, text_mask, padding=padding, smooth=smooth)
     i2t, t2i = i2t[rows], t2i[rows]  # [n_rows, N]: image rows over captions, caption rows over images
-    valid = image_mask[rows].any(dim=1) & text_mask[rows].any(dim=1)
+    qualifies = image_mask.any(dim=1) & text_mask.any(dim=1)   # [N]
+    valid = qualifies[rows]
     if not bool(valid.any()):
         return (i2t.sum() + t2i.sum()) * 0.0
     labels = rows[valid]
-    loss_i2t = F.cross_entropy(i2t[valid] / temperature, labels)
-    loss_t2i = F.cross_entropy(t2i[valid] / temperature, labels)
-    return (loss_i2t + loss_t2i) / 2
+    loss_i2t = F.cross_entropy(i2t[valid] / temperature, labels, reduction="sum")
+    loss_t2i = F.cross_entropy(t2i[valid] / temperature, labels, reduction="sum")
+    scale = n / (n_rows * int(qualifies.sum()))
+    return (loss_i2t + loss_t2i) * (scale / 2)
 
 
 def global_contrastive_loss(refined: torch.Tensor, text: torch.Tensor, temperature: float, row_offset: int = 0,

@@ -172,7 +172,8 @@ class ComAlignCLIP(CLIP):
 
     The base never trains: its parameters have ``requires_grad=False`` and its modules stay in eval mode
     under ``.train()``. Plain CLIP checkpoints load through ``pretrained=`` (the head stays random, or comes
-    from ``head_checkpoint``); combined checkpoints (base + head) load the head too.
+    from ``head_checkpoint``); combined checkpoints (base + head) load the head too, unless ``head_checkpoint``
+    is given, which always wins.
     """
 
     plugin_state_prefixes = (HEAD,)
@@ -190,8 +191,14 @@ class ComAlignCLIP(CLIP):
                              f"outputs are compared with frozen CLIP text embeddings")
         self.comalign_head = ComAlignHead(**head)
         self.train()
+        self.head_checkpoint = head_checkpoint
         if head_checkpoint:
             load_comalign_head(self.comalign_head, head_checkpoint)
+
+    def after_pretrained_load(self, missing_keys) -> None:
+        """``head_checkpoint`` wins over the head of a combined ``pretrained=`` checkpoint loaded after __init__."""
+        if self.head_checkpoint:
+            load_comalign_head(self.comalign_head, self.head_checkpoint)
 
     def train(self, mode: bool = True):
         super().train(mode)
