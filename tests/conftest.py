@@ -48,6 +48,18 @@ def tiny_csv(tmp_path_factory) -> Path:
     return _write_tiny_csv(tmp_path_factory.mktemp("tinycsv"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run fastest (and steadiest) on one torch thread; restored after
+    the module. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def free_port() -> int:
     with socket.socket() as s:

@@ -16,6 +16,8 @@ from open_clip_align.comalign import embed, evaluate
 from open_clip_align.data import synthetic
 from training.main import main as train_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BASE = {"embed_dim": 32,
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
         "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -42,16 +44,7 @@ def _karpathy_from_sugarcrepe(root) -> str:
     return "iid_retrieval.json"
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread on a shared 2-core machine; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_trained_head_raises_retrieval_r1(tmp_path, monkeypatch, one_thread):
+def test_trained_head_raises_retrieval_r1(tmp_path, monkeypatch):
     _configs(tmp_path / "configs")
     root = tmp_path / "data"
     synthetic.generate(root, preset="ci", train_size=1000, pretrain_size=0, test_pairs=25, zeroshot_per_class=0,

@@ -22,16 +22,10 @@ from open_clip_align.eval.cli import main as eval_main
 from open_clip_align.eval.items import EvalDataError, ImageRef
 from open_clip_align.eval.retrieval import evaluate_retrieval, metrics, recall_at_k, retrieval_ranks
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MODEL = "comalign-tiny-ViT"
 KS = (1, 2, 5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from open_clip_align.comalign.text import ComponentParser
 from open_clip_align.comalign.views import render_view
 from open_clip_align.data.synthetic import generate
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 D, NE, NR = 8, 3, 2
 ATTRS = {"model": "toy", "n_entity": NE, "n_relation": NR, "embed_dim": D, "box_options": {"a": [1, 2]}}
 
@@ -221,15 +223,6 @@ def test_read_reference_layout(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- embedding
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

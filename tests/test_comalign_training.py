@@ -30,6 +30,8 @@ from open_clip_align.params import build_preparser
 from training.main import cli as train_cli
 from training.main import main as train_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MODEL = "comalign-tiny-ViT"
 NE = NR = 10  # the tiny config's slots
 HEAD = "comalign_head."
@@ -249,14 +251,6 @@ def test_two_processes_equal_one_process_with_and_without_local_loss(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- data
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):

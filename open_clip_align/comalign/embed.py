@@ -31,10 +31,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from .annotations import FORMATS, ComAlignDataError, ImageCaptions, load_annotations
-from .boxes import Box, BoxProvider, box_providers, make_box_provider, select_views
+from .boxes import Box, BoxProvider, box_providers, make_box_provider
 from .store import ComponentStoreWriter
 from .text import DEFAULT_SPACY_MODEL, ComponentParser, TextComponents
-from .views import MODES, view_tensor
+from .views import MODES, image_views
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -132,11 +132,9 @@ class ViewDataset(torch.utils.data.Dataset):
                 image = img.convert("RGB")
         except (OSError, ValueError) as err:
             raise ComAlignDataError(f"cannot read image {item.path} (id {item.image_id}): {err}") from None
-        boxes = self.provider(image, item.path)
-        entity_boxes, relation_boxes = select_views(boxes, self.provider.relation_pairs(boxes), self.n_entity,
-                                                    self.n_relation)
-        views, entity_mask, relation_mask = view_tensor(image, entity_boxes, relation_boxes, self.preprocess,
-                                                        self.n_entity, self.n_relation, self.mode, self.letterbox)
+        views, entity_mask, relation_mask, entity_boxes, relation_boxes = image_views(
+            image, item.path, self.provider, self.preprocess, self.n_entity, self.n_relation, self.mode,
+            self.letterbox)
         return {"position": i, "views": views, "entity_mask": entity_mask, "relation_mask": relation_mask,
                 "entity_boxes": _boxes_array(entity_boxes, self.n_entity),
                 "relation_boxes": _boxes_array(relation_boxes, self.n_relation)}

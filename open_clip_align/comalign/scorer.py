@@ -19,10 +19,10 @@ from tqdm import tqdm
 from ..data.comalign import phrase_tokens
 from ..eval.items import ImageRef, Item
 from ..eval.scoring import DualEncoderScorer
-from .boxes import BoxProvider, select_views
+from .boxes import BoxProvider
 from .scoring import combine, compute_scores
 from .text import ComponentParser
-from .views import view_tensor
+from .views import image_views
 
 IMAGE_KEYS = ("image_features", "refined_global", "image_entity", "image_relation", "image_entity_mask",
               "image_relation_mask")
@@ -67,13 +67,8 @@ class ComAlignScorer:
 
     # ------------------------------------------------------------------ components
     def _views(self, ref: ImageRef) -> torch.Tensor:
-        image = ref.load()
-        boxes = self.provider(image, ref.path)
-        entity, relation = select_views(boxes, self.provider.relation_pairs(boxes), self.model.n_entity,
-                                        self.model.n_relation)
-        views, _, _ = view_tensor(image, entity, relation, self.preprocess, self.model.n_entity,
-                                  self.model.n_relation, mode=self.render, letterbox=self.letterbox)
-        return views
+        return image_views(ref.load(), ref.path, self.provider, self.preprocess, self.model.n_entity,
+                           self.model.n_relation, self.render, self.letterbox)[0]
 
     @torch.inference_mode()
     def image_components(self, refs: Sequence[ImageRef]) -> Dict[ImageRef, Dict[str, torch.Tensor]]:

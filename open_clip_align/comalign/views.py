@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import Box
+from .boxes import Box, BoxProvider, select_views
 
 MODES = ("grey", "crop")
 LUMA = (0.299, 0.587, 0.114)
@@ -109,3 +109,15 @@ def view_tensor(image: Image.Image, entity_boxes: Sequence[Box], relation_boxes:
     entity_mask = torch.arange(n_entity) < len(entity_boxes)
     relation_mask = torch.arange(n_relation) < len(relation_boxes)
     return views, entity_mask, relation_mask
+
+
+def image_views(image: Image.Image, key: str, provider: BoxProvider, preprocess: Callable[[Image.Image], torch.Tensor],
+                n_entity: int = 10, n_relation: int = 10, mode: str = "grey", letterbox: bool = False):
+    """One image's component views: ``provider`` boxes -> the top ``n_entity`` boxes and the unions of the top
+    ``n_relation`` pairs (``select_views``) -> ``view_tensor``. ``key`` is what the provider looks the image up
+    by (its file path). Returns ``(views, entity_mask, relation_mask, entity_boxes, relation_boxes)``."""
+    boxes = provider(image, key)
+    entity_boxes, relation_boxes = select_views(boxes, provider.relation_pairs(boxes), n_entity, n_relation)
+    views, entity_mask, relation_mask = view_tensor(image, entity_boxes, relation_boxes, preprocess, n_entity,
+                                                    n_relation, mode, letterbox)
+    return views, entity_mask, relation_mask, entity_boxes, relation_boxes

@@ -18,15 +18,14 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 from open_clip_train.data import DataInfo, SharedEpoch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..comalign.annotations import ComAlignDataError, ImageCaptions, load_annotations
-from ..comalign.boxes import make_box_provider, select_views
+from ..comalign.boxes import make_box_provider
+from ..comalign.embed import ViewDataset
 from ..comalign.slots import store_image_slots, store_text_slots
 from ..comalign.store import ComponentStore
 from ..comalign.text import ComponentParser, TextComponents
-from ..comalign.views import view_tensor
 
 
 def draw_caption(n_captions: int, seed: int, epoch: int, index: int) -> int:
@@ -86,9 +85,9 @@ class ComAlignImageDataset(Dataset):
     def __init__(self, records: Sequence[ImageCaptions], components: Sequence[Sequence[TextComponents]], provider,
                  preprocess, tokenizer, n_entity: int, n_relation: int, render: str = "grey",
                  letterbox: bool = False, seed: int = 0, epoch: int = 0):
-        self.records, self.components, self.provider = list(records), list(components), provider
-        self.preprocess, self.tokenizer = preprocess, tokenizer
-        self.n_entity, self.n_relation, self.render, self.letterbox = n_entity, n_relation, render, letterbox
+        self.records, self.components, self.tokenizer = list(records), list(components), tokenizer
+        self.n_entity, self.n_relation = n_entity, n_relation
+        self.views = ViewDataset(self.records, provider, preprocess, n_entity, n_relation, render, letterbox)
         self.seed = seed
         self.shared_epoch = SharedEpoch(epoch)
         _check_rows([len(r.captions) for r in self.records], "--train-data")
@@ -98,16 +97,7 @@ class ComAlignImageDataset(Dataset):
 
     def __getitem__(self, idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
         record = self.records[idx]
-        try:
-            with Image.open(record.path) as img:
-                image = img.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise ComAlignDataError(f"image {record.path} (image id {record.image_id}): cannot read it ({err})") from None
-        boxes = self.provider(image, record.path)
-        entity_boxes, relation_boxes = select_views(boxes, self.provider.relation_pairs(boxes), self.n_entity,
-                                                    self.n_relation)
-        views, _, _ = view_tensor(image, entity_boxes, relation_boxes, self.preprocess, self.n_entity,
-                                  self.n_relation, mode=self.render, letterbox=self.letterbox)
+        views = self.views[idx]["views"]
         j = draw_caption(len(record.captions), self.seed, self.shared_epoch.get_value(), idx)
         tokens = phrase_tokens(self.tokenizer, record.captions[j], self.components[idx][j], self.n_entity,
                                self.n_relation)
