@@ -1,4 +1,6 @@
 """AlignVLM connector: the ALIGN connector (paper form), the MLP baseline and token reduction."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from open_clip_align.vlm import (
     avg_pool_tokens,
     pixel_shuffle_tokens,
     pixel_unshuffle_tokens,
+    probability_stats,
     vocab_subset_from_probs,
 )
 
@@ -266,3 +269,13 @@ def test_mlp_connector_shapes_and_grad():
     for name, param in mlp.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert mlp(_feats(dtype=torch.bfloat16), e.detach().to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_probability_stats_hand_computed():
+    p = torch.tensor([[[0.5, 0.25, 0.25, 0.0], [0.25, 0.25, 0.25, 0.25]]])
+    stats = probability_stats(p, top_k=2)
+    entropy = (-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)) + math.log(4)) / 2
+    assert stats["entropy"] == pytest.approx(entropy)
+    assert stats["max_prob"] == pytest.approx((0.5 + 0.25) / 2)
+    assert stats["top2_mass"] == pytest.approx((0.75 + 0.5) / 2)
+    assert probability_stats(p, top_k=100)["top100_mass"] == pytest.approx(1.0)      # k capped at S

@@ -50,6 +50,15 @@ def make_model(connector="align", seed=0, **kw):
     return AlignVLM.from_open_clip("hardneg-tiny-ViT", lm, connector, **kw)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster and steadier than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
@@ -119,12 +128,12 @@ def test_label_masking_and_layout(images, tok):
 def test_loss_is_caption_only_ce(images, tok):
     model = make_model()
     batch = model.build_inputs(images, PROMPTS, CAPTIONS, tok)
-    out = model(images, PROMPTS, CAPTIONS, tok, return_outputs=True)
+    out = model.caption_loss(images, PROMPTS, CAPTIONS, tok, return_outputs=True)
     logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
     target = batch["labels"][:, 1:].reshape(-1)
     ref = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
     torch.testing.assert_close(out.loss, ref)
-    assert torch.isfinite(model(images, PROMPTS, CAPTIONS, tok))
+    assert torch.isfinite(model(images, **model.tokenize(PROMPTS, CAPTIONS, tok)))
 
 
 @pytest.mark.parametrize("connector", ["align", "mlp"])
@@ -159,7 +168,7 @@ def test_left_padded_generation_matches_unpadded(images, tok, connector):
 
 def test_frozen_parts_get_no_gradient(images, tok):
     model = make_model(freeze_lm=True)
-    loss = model(images, PROMPTS, CAPTIONS, tok)
+    loss = model.caption_loss(images, PROMPTS, CAPTIONS, tok)
     loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in model.visual.parameters())
     assert all(p.grad is None and not p.requires_grad for p in model.lm.parameters())
@@ -168,7 +177,7 @@ def test_frozen_parts_get_no_gradient(images, tok):
         assert grad is not None and grad.abs().sum() > 0, name
     # default: LM trainable, tower frozen
     model = make_model()
-    model(images, PROMPTS, CAPTIONS, tok).backward()
+    model.caption_loss(images, PROMPTS, CAPTIONS, tok).backward()
     assert all(p.grad is None for p in model.visual.parameters())
     assert model.lm.get_input_embeddings().weight.grad is not None
 
@@ -182,12 +191,12 @@ def test_overfit_one_batch_connector_only(images, tok, connector):
     torch.manual_seed(0)
     first = None
     for _ in range(50):
-        loss = model(images, PROMPTS, CAPTIONS, tok)
+        loss = model.caption_loss(images, PROMPTS, CAPTIONS, tok)
         opt.zero_grad()
         loss.backward()
         opt.step()
         first = loss.item() if first is None else first
-    final = model(images, PROMPTS, CAPTIONS, tok).item()
+    final = model.caption_loss(images, PROMPTS, CAPTIONS, tok).item()
     # calibrated: ~5.9-6.0 -> ~1.3-1.6 after 50 steps for both connectors
     assert final < first / 2.5, (first, final)
 
@@ -220,3 +229,41 @@ def test_save_load_connector_roundtrip(images, tmp_path, connector):
     wrong = make_model("mlp" if connector == "align" else "align")
     with pytest.raises(ValueError):
         wrong.load_connector(tmp_path / "conn")
+
+
+def test_tensor_forward_probs_and_layout_checks(images, tok):
+    model = make_model(connector_kwargs={"reduction": "avg_pool", "reduction_factor": 2})
+    assert model.num_visual_tokens == 4 and make_model().num_visual_tokens == N_VIS
+    batch = model.tokenize(PROMPTS, CAPTIONS, tok)
+    assert int(batch["visual_mask"].sum()) == 4 * len(PROMPTS)
+    loss, probs = model(images, **batch, return_probs=True)
+    assert torch.equal(loss, model(images, **batch))
+    feats = model.encode_vision(images)
+    torch.testing.assert_close(probs, model.connector.probs(feats))
+    assert probs.shape == (4, 4, 200)
+    mlp = make_model("mlp")
+    _, none = mlp(images, **mlp.tokenize(PROMPTS, CAPTIONS, tok), return_probs=True)
+    assert none is None
+    wrong = make_model().tokenize(PROMPTS, CAPTIONS, tok)           # 16 visual slots for a 4-token connector
+    with pytest.raises(ValueError, match="visual_mask marks"):
+        model(images, **wrong)
+    with pytest.raises(ValueError, match="4 images but 2 token rows"):
+        model(images, **model.tokenize(PROMPTS[:2], CAPTIONS[:2], tok))
+
+
+def test_layout_truncates_captions_and_keeps_eos(tok):
+    model = make_model()
+    layout = model.layout(tok, max_caption_tokens=3)
+    assert (layout.n_visual, layout.bos, layout.eos, layout.pad) == (N_VIS, BOS, EOS, PAD)
+    out = layout.encode(tok, ["caption :"], ["a red square left of a blue circle"])
+    caption_ids = tok.encode("a red square", add_special_tokens=False)
+    assert [t for t in out["labels"][0].tolist() if t != -100] == caption_ids + [EOS]
+
+
+def test_feature_noise_reaches_the_connector(images, tok):
+    model = make_model().eval()
+    clean = model.embed_images(images)
+    torch.testing.assert_close(model.embed_images(images, feature_noise=lambda f: f), clean)
+    assert not torch.allclose(model.embed_images(images, feature_noise=lambda f: f + 5.0), clean)
+    same = model.generate(images[:2], PROMPTS[:2], tok, max_new_tokens=4, feature_noise=lambda f: f)
+    assert same == model.generate(images[:2], PROMPTS[:2], tok, max_new_tokens=4)

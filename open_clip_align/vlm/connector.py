@@ -23,6 +23,7 @@ __all__ = [
     "avg_pool_tokens",
     "pixel_shuffle_tokens",
     "pixel_unshuffle_tokens",
+    "probability_stats",
     "reduce_tokens",
     "vocab_subset_from_probs",
 ]
@@ -255,6 +256,19 @@ def vocab_subset_from_probs(mean_probs: torch.Tensor, threshold: float = 1e-6,
     else:
         idx = torch.nonzero(mean_probs > threshold).flatten()
     return idx.sort().values
+
+
+@torch.no_grad()
+def probability_stats(probs: torch.Tensor, top_k: int = 100) -> dict:
+    """Diagnostics of ALIGN's P ``[..., S]`` (rows sum to 1), averaged over all rows (spec §4 logging):
+    ``entropy`` (nats; uniform = ln S), ``max_prob`` (the largest entry) and ``top{k}_mass`` (sum of the ``k``
+    largest entries, ``k`` capped at S). A collapse to uniform or to one token shows in all three."""
+    p = probs.detach().float().reshape(-1, probs.shape[-1])
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    k = min(top_k, p.shape[-1])
+    top = torch.topk(p, k, dim=-1).values
+    return {"entropy": entropy.mean().item(), "max_prob": top[:, 0].mean().item(),
+            f"top{top_k}_mass": top.sum(-1).mean().item()}
 
 
 # -------------------------------------------------------------------------------------------------------- MLP

@@ -5,10 +5,12 @@ Sequence layout (spec ``alignvlm.md`` §2, "concat")::
     training   (right-padded):  [BOS] visual(N') prompt caption [EOS] pad ...
     generation (left-padded):   pad ... [BOS] visual(N') prompt
 
-Everything is fed to the LM as ``inputs_embeds``: text tokens are looked up in the LM's own input-embedding
-module, visual tokens are the connector output (for ALIGN a convex combination of the rows of the same live
-table, ``lm.get_input_embeddings().weight``, read at call time). Labels are ``-100`` everywhere except the
-caption tokens and the EOS, so the loss is next-token CE on the caption only (HF shifts the labels itself).
+The token layout is computed from text alone (:class:`~open_clip_align.vlm.layout.SequenceLayout`, so it can
+run in DataLoader workers); :meth:`AlignVLM.forward` takes tensors only. Everything is fed to the LM as
+``inputs_embeds``: text tokens are looked up in the LM's own input-embedding module, visual tokens are the
+connector output (for ALIGN a convex combination of the rows of the same live table,
+``lm.get_input_embeddings().weight``, read at call time). Labels are ``-100`` everywhere except the caption
+tokens and the EOS, so the loss is next-token CE on the caption only (HF shifts the labels itself).
 
 The vision tower and the LM are *referenced* by :meth:`AlignVLM.save_connector`, never duplicated: only the
 connector weights and a small JSON of settings are written.
@@ -16,18 +18,19 @@ connector weights and a small JSON of settings are written.
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .connector import AlignConnector, MLPConnector
+from .layout import IGNORE_INDEX, SequenceLayout, special_token_id
 
-__all__ = ["AlignVLM", "CONNECTOR_CONFIG_NAME", "CONNECTOR_WEIGHTS_NAME", "patch_tokens"]
+__all__ = ["AlignVLM", "CONNECTOR_CONFIG_NAME", "CONNECTOR_WEIGHTS_NAME", "IGNORE_INDEX", "patch_tokens"]
 
 CONNECTOR_CONFIG_NAME = "alignvlm_connector.json"
 CONNECTOR_WEIGHTS_NAME = "alignvlm_connector.pt"
-IGNORE_INDEX = -100
+FeatureTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _drop_prefix(tokens: torch.Tensor) -> torch.Tensor:
@@ -59,15 +62,6 @@ def patch_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if tokens.dim() != 3:
         raise ValueError(f"expected [B, N, width] vision tokens, got shape {tuple(tokens.shape)}")
     return _drop_prefix(tokens)
-
-
-def _special_id(tokenizer, lm: nn.Module, name: str) -> Optional[int]:
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    if value is None:
-        value = getattr(getattr(lm, "config", None), f"{name}_token_id", None)
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    return None if value is None else int(value)
 
 
 class AlignVLM(nn.Module):
@@ -140,16 +134,27 @@ class AlignVLM(nn.Module):
         lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, **(lm_kwargs or {}))
         return cls.from_open_clip(vision_model_name, lm, connector, pretrained=pretrained, **kwargs)
 
+    def _probe_images(self) -> torch.Tensor:
+        """One all-zero image ``[1, 3, H, W]`` at the tower's input size, dtype and device."""
+        size = getattr(self.visual, "image_size", 224)
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        param = next(self.visual.parameters())
+        return torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+
     def _infer_vision_dim(self) -> int:
         width = getattr(getattr(self.visual, "transformer", None), "width", None)
         if width is not None:
             return int(width)
-        size = getattr(self.visual, "image_size", 224)
-        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        param = next(self.visual.parameters())
         with torch.no_grad():
-            probe = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
-            return int(patch_tokens(self.visual, probe).shape[-1])
+            return int(patch_tokens(self.visual, self._probe_images()).shape[-1])
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """N', the visual tokens per image fed to the LM (after token reduction); probed once and cached."""
+        if getattr(self, "_num_visual_tokens", None) is None:
+            with torch.no_grad():
+                self._num_visual_tokens = int(self.embed_images(self._probe_images()).shape[1])
+        return self._num_visual_tokens
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -175,122 +180,114 @@ class AlignVLM(nn.Module):
                 return patch_tokens(self.visual, images)
         return patch_tokens(self.visual, images)
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_images(self, images: torch.Tensor, feature_noise: Optional[FeatureTransform] = None,
+                     return_probs: bool = False):
         """Visual tokens ``[B, N', D]``: the connector applied to the patch tokens, using the LM's live input
-        embedding table (``lm.get_input_embeddings().weight``, read now)."""
+        embedding table (``lm.get_input_embeddings().weight``, read now).
+
+        ``feature_noise`` maps the tower features ``[B, N, d]`` before the connector (the noise-robustness
+        check). ``return_probs=True`` returns ``(tokens, P [B, N', S] or None for an MLP connector)``.
+        """
         feats = self.encode_vision(images)
+        if feature_noise is not None:
+            feats = feature_noise(feats)
         embed = self.lm.get_input_embeddings().weight
-        return self.connector(feats, embed)
+        return self.connector(feats, embed, return_probs=return_probs)
 
     # ---------------------------------------------------------------------------------------------- inputs
-    def _encode(self, tokenizer, text: str) -> List[int]:
-        if not text:
-            return []
-        return list(tokenizer.encode(text, add_special_tokens=False))
+    def layout(self, tokenizer, max_caption_tokens: Optional[int] = None) -> SequenceLayout:
+        """This model's :class:`SequenceLayout` for ``tokenizer`` (N' visual tokens, BOS/EOS/pad ids)."""
+        config = getattr(self.lm, "config", None)
+        eos = special_token_id(tokenizer, config, "eos")
+        pad = special_token_id(tokenizer, config, "pad")
+        if pad is None:
+            pad = eos if eos is not None else 0
+        return SequenceLayout(self.num_visual_tokens, special_token_id(tokenizer, config, "bos"), eos, pad,
+                              self.caption_sep, max_caption_tokens)
+
+    def tokenize(self, prompts: Sequence[str], captions: Optional[Sequence[str]], tokenizer,
+                 padding_side: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        """Token layout ``[BOS, visual, prompt, caption, EOS]`` (``[BOS, visual, prompt]`` without captions), see
+        :meth:`SequenceLayout.encode`: ``input_ids``, ``attention_mask``, ``visual_mask`` (+ ``labels``)."""
+        return self.layout(tokenizer).encode(tokenizer, prompts, captions, padding_side)
+
+    def embed_inputs(self, images: torch.Tensor, input_ids: torch.Tensor, visual_mask: torch.Tensor,
+                     feature_noise: Optional[FeatureTransform] = None, return_probs: bool = False):
+        """``inputs_embeds [B, L, D]``: text rows from the LM's input embeddings, visual rows (``visual_mask``,
+        exactly N' per row) from the connector. ``return_probs=True`` also returns the connector's P."""
+        if images.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {input_ids.shape[0]} token rows")
+        visual, probs = self.embed_images(images, feature_noise, return_probs=True)      # [B, N', D]
+        counts = visual_mask.sum(dim=1)
+        if not bool((counts == visual.shape[1]).all()):
+            raise ValueError(f"visual_mask marks {counts.tolist()} positions per row, but the connector gives "
+                             f"{visual.shape[1]} visual tokens per image")
+        device = visual.device
+        embeds = self.lm.get_input_embeddings()(input_ids.to(device))
+        embeds = embeds.masked_scatter(visual_mask.to(device).unsqueeze(-1), visual.to(embeds.dtype))
+        return (embeds, probs) if return_probs else embeds
 
     def build_inputs(self, images: torch.Tensor, prompts: Sequence[str],
                      captions: Optional[Sequence[str]], tokenizer,
                      padding_side: Optional[str] = None) -> Dict[str, torch.Tensor]:
-        """Embed ``[BOS, visual, prompt, caption, EOS]`` per sample (``[BOS, visual, prompt]`` without
-        captions) and pad to a batch.
-
-        ``padding_side`` defaults to ``"right"`` with captions (training) and ``"left"`` without (generation).
-        Returns ``inputs_embeds [B, L, D]``, ``attention_mask [B, L]`` (long), ``labels [B, L]`` (only with
-        captions: ``-100`` except caption tokens and EOS), ``input_ids [B, L]`` (text ids; the pad id at
-        visual and padding positions) and ``visual_mask [B, L]`` (bool, True at visual-token rows).
-        """
-        prompts = list(prompts)
-        b = len(prompts)
-        if images.shape[0] != b:
-            raise ValueError(f"{images.shape[0]} images but {b} prompts")
-        if captions is not None:
-            captions = list(captions)
-            if len(captions) != b:
-                raise ValueError(f"{len(captions)} captions but {b} prompts")
-        if padding_side is None:
-            padding_side = "right" if captions is not None else "left"
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-
-        bos = _special_id(tokenizer, self.lm, "bos")
-        eos = _special_id(tokenizer, self.lm, "eos")
-        pad = _special_id(tokenizer, self.lm, "pad")
-        if pad is None:
-            pad = eos if eos is not None else 0
-        if captions is not None and eos is None:
-            raise ValueError("training inputs need an EOS token id (tokenizer.eos_token_id or lm.config)")
-
-        visual = self.embed_images(images)                                        # [B, N', D]
-        n_vis = visual.shape[1]
-        rows = []                                   # per sample: (ids, is_visual, labels)
-        for i in range(b):
-            prefix = [bos] if bos is not None else []
-            prompt_ids = self._encode(tokenizer, prompts[i])
-            ids = prefix + [pad] * n_vis + prompt_ids
-            vis = [False] * len(prefix) + [True] * n_vis + [False] * len(prompt_ids)
-            labels = [IGNORE_INDEX] * len(ids)
-            if captions is not None:
-                cap = captions[i]
-                if cap and self.caption_sep and prompt_ids and not cap[0].isspace():
-                    cap = self.caption_sep + cap
-                cap_ids = self._encode(tokenizer, cap) + [eos]
-                ids += cap_ids
-                vis += [False] * len(cap_ids)
-                labels += cap_ids
-            rows.append((ids, vis, labels))
-
-        length = max(len(r[0]) for r in rows)
-        device = visual.device
-        input_ids = torch.full((b, length), pad, dtype=torch.long)
-        attention = torch.zeros((b, length), dtype=torch.long)
-        vis_mask = torch.zeros((b, length), dtype=torch.bool)
-        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-        for i, (ids, vis, lab) in enumerate(rows):
-            n = len(ids)
-            sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
-            input_ids[i, sl] = torch.tensor(ids)
-            attention[i, sl] = 1
-            vis_mask[i, sl] = torch.tensor(vis)
-            labels[i, sl] = torch.tensor(lab)
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        vis_mask, labels = vis_mask.to(device), labels.to(device)
-
-        embeds = self.lm.get_input_embeddings()(input_ids)
-        embeds = embeds.masked_scatter(vis_mask.unsqueeze(-1), visual.to(embeds.dtype))
-        out = {"inputs_embeds": embeds, "attention_mask": attention, "input_ids": input_ids,
-               "visual_mask": vis_mask}
-        if captions is not None:
-            out["labels"] = labels
+        """:meth:`tokenize` + :meth:`embed_inputs`: ``inputs_embeds [B, L, D]``, ``attention_mask [B, L]``
+        (long), ``input_ids [B, L]`` (text ids; the pad id at visual and padding positions), ``visual_mask
+        [B, L]`` and, with captions, ``labels [B, L]`` (``-100`` except caption tokens and EOS), all on the
+        model's device. ``padding_side`` defaults to right with captions and left without."""
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        batch = self.tokenize(prompts, captions, tokenizer, padding_side)
+        embeds = self.embed_inputs(images, batch["input_ids"], batch["visual_mask"])
+        out = {k: v.to(embeds.device) for k, v in batch.items()}
+        out["inputs_embeds"] = embeds
         return out
 
     # ---------------------------------------------------------------------------------------------- train
-    def forward(self, images: torch.Tensor, prompts: Sequence[str], captions: Sequence[str], tokenizer,
-                return_outputs: bool = False):
-        """Next-token CE over caption tokens + EOS (the LM's own loss). ``return_outputs=True`` returns the
-        LM output object (``.loss``, ``.logits``) instead of the loss tensor."""
-        batch = self.build_inputs(images, prompts, captions, tokenizer, padding_side="right")
-        out = self.lm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
-                      labels=batch["labels"])
-        return out if return_outputs else out.loss
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                visual_mask: torch.Tensor, labels: Optional[torch.Tensor] = None, return_outputs: bool = False,
+                return_probs: bool = False):
+        """Next-token CE over the caption tokens + EOS (the LM's own loss, HF shifts ``labels``).
+
+        ``images [B, 3, H, W]``; ``input_ids``, ``attention_mask``, ``visual_mask``, ``labels`` ``[B, L]`` as
+        made by :meth:`tokenize` (or a DataLoader collate using :meth:`layout`). Returns the loss, or the LM
+        output object (``.loss``, ``.logits``) with ``return_outputs=True``; with ``return_probs=True`` a
+        pair ``(that, P [B, N', S] or None)``.
+        """
+        embeds, probs = self.embed_inputs(images, input_ids, visual_mask, return_probs=True)
+        device = embeds.device
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask.to(device),
+                      labels=None if labels is None else labels.to(device))
+        result = out if return_outputs else out.loss
+        return (result, probs) if return_probs else result
+
+    def caption_loss(self, images: torch.Tensor, prompts: Sequence[str], captions: Sequence[str], tokenizer,
+                     return_outputs: bool = False):
+        """:meth:`forward` on :meth:`tokenize` of raw prompts and captions (right padding)."""
+        return self(images, **self.tokenize(prompts, captions, tokenizer, "right"), return_outputs=return_outputs)
 
     # ---------------------------------------------------------------------------------------------- decode
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: Sequence[str], tokenizer, max_new_tokens: int = 20,
-                 num_beams: int = 1, return_ids: bool = False, **gen_kwargs) -> Union[List[str], torch.Tensor]:
+                 num_beams: int = 1, return_ids: bool = False, feature_noise: Optional[FeatureTransform] = None,
+                 **gen_kwargs) -> Union[List[str], torch.Tensor]:
         """Greedy (``num_beams=1``) or beam-search captions from left-padded ``[pad.., BOS, visual, prompt]``.
 
         Decodes only the new tokens (cut at the first EOS). ``return_ids=True`` returns the new-token id
-        tensor ``[B, T]`` from ``lm.generate`` instead. Extra ``gen_kwargs`` go to ``lm.generate``.
+        tensor ``[B, T]`` from ``lm.generate`` instead. ``feature_noise`` is applied to the tower features
+        (see :meth:`embed_images`). Extra ``gen_kwargs`` go to ``lm.generate``.
         """
-        batch = self.build_inputs(images, prompts, None, tokenizer, padding_side="left")
-        eos = _special_id(tokenizer, self.lm, "eos")
-        pad = _special_id(tokenizer, self.lm, "pad")
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        layout = self.layout(tokenizer)
+        batch = layout.encode(tokenizer, prompts, None, padding_side="left")
+        embeds = self.embed_inputs(images, batch["input_ids"], batch["visual_mask"], feature_noise)
+        eos = layout.eos
         kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                      eos_token_id=eos, pad_token_id=pad if pad is not None else eos)
+                      eos_token_id=eos, pad_token_id=layout.pad)
         if num_beams == 1:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         kwargs.update(gen_kwargs)
-        new = self.lm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+        new = self.lm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(embeds.device),
                                **kwargs)
         if not isinstance(new, torch.Tensor):
             new = new.sequences

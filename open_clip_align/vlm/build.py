@@ -1,0 +1,89 @@
+"""Assemble an AlignVLM from a model config: open_clip vision tower + causal LM (+ LoRA) + connector.
+
+A model config is a JSON-able dict (training writes it into every checkpoint's ``run_config.json``)::
+
+    {"model": "ViT-B-32", "pretrained": "openai" | "/path/w.pt" | None, "lm": "tiny-llama" | "smollm2" | DIR | F.gguf,
+     "connector": "align" | "mlp", "connector_kwargs": {"reduction": None, "reduction_factor": 2},
+     "lm_training": "frozen" | "full" | "lora", "lora": {"r": 64, "alpha": 64, "dropout": 0.0},
+     "prompt": "A short caption:", "max_caption_tokens": 48}
+"""
+import importlib.util
+from typing import Callable, Optional, Tuple
+
+from torch import nn
+
+from .lm import load_lm
+from .model import AlignVLM
+
+__all__ = ["LM_TRAINING", "VLMConfigError", "apply_lora", "build_model", "load_vision_tower"]
+
+LM_TRAINING = ("frozen", "full", "lora")
+
+
+class VLMConfigError(ValueError):
+    """A model setting that cannot be built (unknown tower, missing weights file, LoRA without peft, ...)."""
+
+
+def _first_line(err: Exception, limit: int = 300) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def load_vision_tower(name: str, pretrained: Optional[str] = None) -> Tuple[nn.Module, Callable]:
+    """``(visual, preprocess)`` from ``open_clip.create_model_and_transforms(name, pretrained=...)``.
+
+    ``pretrained`` is an open_clip tag or a weights file; plugin model names work (``import open_clip_align``
+    registers them). ``preprocess`` is the deterministic eval transform (resize, centre crop, normalise): the
+    tower is frozen, so training uses it as well. The text tower is dropped.
+    """
+    import open_clip
+
+    import open_clip_align  # noqa: F401  (registers the plugin's model configs)
+
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    except (RuntimeError, FileNotFoundError, ValueError, KeyError) as err:
+        raise VLMConfigError(f"--model {name} --pretrained {pretrained}: {_first_line(err)}") from None
+    return clip.visual, preprocess
+
+
+def apply_lora(lm: nn.Module, r: int, alpha: int, dropout: float = 0.0, adapter_dir: Optional[str] = None,
+               trainable: bool = True) -> nn.Module:
+    """Wrap ``lm`` in PEFT LoRA adapters on every linear layer except the LM head (``target_modules=
+    "all-linear"``); with ``adapter_dir`` load saved adapters instead of fresh ones. Base weights are frozen."""
+    if importlib.util.find_spec("peft") is None:
+        raise VLMConfigError("--lora needs the peft package (pip install peft==0.21.2); without --lora stage B "
+                             "trains the full LM")
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(lm, adapter_dir, is_trainable=trainable)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                        task_type="CAUSAL_LM")
+    return get_peft_model(lm, config)
+
+
+def build_model(config: dict, lm_dir: Optional[str] = None, lora_dir: Optional[str] = None,
+                trainable: bool = True) -> Tuple[AlignVLM, object, Callable]:
+    """``(model, tokenizer, preprocess)`` for a model config (module docstring), on CPU in fp32.
+
+    ``lm_dir`` replaces ``config["lm"]`` (a checkpoint's fully trained LM); ``lora_dir`` loads saved LoRA
+    adapters. The LM is frozen for ``lm_training="frozen"``; with ``"lora"`` only the adapters train.
+    ``trainable=False`` freezes everything (evaluation).
+    """
+    mode = config.get("lm_training", "frozen")
+    if mode not in LM_TRAINING:
+        raise VLMConfigError(f"lm_training must be one of {LM_TRAINING}, got {mode!r}")
+    visual, preprocess = load_vision_tower(config["model"], config.get("pretrained"))
+    lm, tokenizer = load_lm(lm_dir or config["lm"])
+    model = AlignVLM(visual, lm, config.get("connector", "align"),
+                     connector_kwargs=dict(config.get("connector_kwargs") or {}),
+                     freeze_lm=mode != "full" or not trainable,
+                     vision_model_name=config["model"], vision_pretrained=config.get("pretrained"))
+    if mode == "lora":
+        lora = config.get("lora") or {}
+        model.lm = apply_lora(model.lm, int(lora.get("r", 64)), int(lora.get("alpha", 64)),
+                              float(lora.get("dropout", 0.0)), adapter_dir=lora_dir, trainable=trainable)
+    if not trainable:
+        model.requires_grad_(False)
+    return model, tokenizer, preprocess

@@ -1,0 +1,146 @@
+"""AlignVLM training checkpoints: what is trained is saved, what is referenced is not.
+
+Layout of one checkpoint (``<logs>/<name>/checkpoints/step_00000100/``)::
+
+    run_config.json     {"model": <model config, see build.py>, "training": <flags>, "step": N}
+    connector/          alignvlm_connector.pt + .json (AlignVLM.save_connector)
+    vision_tower.pt     only when the tower has no pretrained weights (a random tower cannot be rebuilt by name)
+    lm/                 only when the full LM was trained: save_pretrained weights + tokenizer (loadable as --lm)
+    lora/               only for LoRA: the PEFT adapters (adapter_config.json + adapter_model.safetensors)
+    trainer_state.pt    optimizer, scheduler, grad scaler, step, RNG states (for --resume)
+
+A pretrained vision tower and a frozen LM are rebuilt from the names in ``run_config.json`` (``tiny-llama`` is
+seeded, so it rebuilds identically). A checkpoint is written to
+``step_N.tmp`` and renamed into place, so a crash never leaves a half-written ``step_N``.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+
+from .build import build_model
+from .model import AlignVLM
+
+__all__ = [
+    "CheckpointError",
+    "RUN_CONFIG",
+    "TRAINER_STATE",
+    "checkpoint_path",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_trained_weights",
+    "read_run_config",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "trained_lm_dirs",
+]
+
+RUN_CONFIG = "run_config.json"
+TRAINER_STATE = "trainer_state.pt"
+TOWER_WEIGHTS = "vision_tower.pt"
+CONNECTOR_DIR, LM_DIR, LORA_DIR = "connector", "lm", "lora"
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not exist or is not an AlignVLM checkpoint."""
+
+
+def checkpoint_path(run_dir: PathLike, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def save_checkpoint(directory: PathLike, model: AlignVLM, tokenizer, run_config: dict,
+                    trainer_state: Optional[dict] = None) -> Path:
+    """Write a checkpoint (module docstring) to ``directory`` via ``<directory>.tmp`` and a rename."""
+    final = Path(directory)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_connector(tmp / CONNECTOR_DIR)
+    if run_config["model"].get("pretrained") is None:
+        torch.save({k: v.detach().cpu() for k, v in model.visual.state_dict().items()}, tmp / TOWER_WEIGHTS)
+    mode = run_config["model"].get("lm_training", "frozen")
+    if mode == "full":
+        model.lm.save_pretrained(tmp / LM_DIR)
+        tokenizer.save_pretrained(tmp / LM_DIR)
+    elif mode == "lora":
+        model.lm.save_pretrained(tmp / LORA_DIR)
+    (tmp / RUN_CONFIG).write_text(json.dumps(run_config, indent=2, sort_keys=True))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def list_checkpoints(run_dir: PathLike) -> List[Path]:
+    """Complete checkpoints of a run (``checkpoints/step_*`` with a run config), oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if not p.name.endswith(".tmp") and (p / RUN_CONFIG).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def resolve_checkpoint(spec: PathLike, run_dir: Optional[PathLike] = None) -> Path:
+    """A checkpoint directory from ``"latest"`` (newest in ``run_dir``), a run directory (its newest) or a
+    checkpoint directory. Raises :class:`CheckpointError` when there is none."""
+    if str(spec) == "latest":
+        if run_dir is None:
+            raise CheckpointError("--resume latest needs the run's --logs and --name")
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise CheckpointError(f"--resume latest: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+        return found[-1]
+    path = Path(spec)
+    if (path / RUN_CONFIG).is_file():
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    raise CheckpointError(f"{path}: not an AlignVLM checkpoint (no {RUN_CONFIG}) nor a run directory with "
+                          "checkpoints/step_*")
+
+
+def read_run_config(directory: PathLike) -> dict:
+    path = Path(directory) / RUN_CONFIG
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read the run config ({err})") from None
+
+
+def trained_lm_dirs(directory: PathLike) -> Tuple[Optional[str], Optional[str]]:
+    """``(lm_dir, lora_dir)`` of a checkpoint (None where that part was not trained)."""
+    directory = Path(directory)
+    lm_dir = directory / LM_DIR
+    lora_dir = directory / LORA_DIR
+    return (str(lm_dir) if lm_dir.is_dir() else None, str(lora_dir) if lora_dir.is_dir() else None)
+
+
+def load_trained_weights(model: AlignVLM, directory: PathLike) -> None:
+    """Load a checkpoint's connector (checks type and dims) and, when saved, its random tower into ``model``."""
+    directory = Path(directory)
+    model.load_connector(directory / CONNECTOR_DIR)
+    if (directory / TOWER_WEIGHTS).is_file():
+        param = next(model.visual.parameters())
+        model.visual.load_state_dict(torch.load(directory / TOWER_WEIGHTS, map_location=param.device,
+                                                weights_only=True))
+
+
+def load_checkpoint(spec: PathLike, trainable: bool = False) -> Tuple[AlignVLM, object, Callable, dict]:
+    """``(model, tokenizer, preprocess, run_config)`` rebuilt from a checkpoint (or a run dir: its newest):
+    tower and LM from the recorded names, the trained LM or LoRA adapters and the connector from the files."""
+    directory = resolve_checkpoint(spec)
+    run_config = read_run_config(directory)
+    lm_dir, lora_dir = trained_lm_dirs(directory)
+    model, tokenizer, preprocess = build_model(run_config["model"], lm_dir=lm_dir, lora_dir=lora_dir,
+                                               trainable=trainable)
+    load_trained_weights(model, directory)
+    return model, tokenizer, preprocess, run_config
