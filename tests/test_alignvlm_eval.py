@@ -16,13 +16,7 @@ from training import alignvlm
 pytest.importorskip("transformers")
 pytest.importorskip("pycocoevalcap")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from open_clip_align.vlm.model import AlignVLM
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 WORDS = ("a an the photo of red green blue yellow square circle left right describe image short caption "
          "is this : .").split()
@@ -48,15 +50,6 @@ def make_model(connector="align", seed=0, **kw):
     lm = make_lm(seed)
     torch.manual_seed(seed + 1)
     return AlignVLM.from_open_clip("hardneg-tiny-ViT", lm, connector, **kw)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster and steadier than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
