@@ -15,7 +15,6 @@ every file name ends in a number, as COCO's do, else the image path from the dat
 (a readable table, also printed).
 """
 import argparse
-import json
 import os
 import re
 import sys
@@ -28,13 +27,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..eval.report import write_results
 from .build import VLMConfigError
 from .caption_metrics import caption_scores, java_available, load_karpathy_captions, write_predictions
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .lm import LMLoadError
 
 __all__ = ["EvalError", "coco_image_ids", "decoding_settings", "generate_captions", "load_images", "main",
-           "metrics_table", "score_captions", "write_json"]
+           "metrics_table", "score_captions", "write_text"]
 
 METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
 _NUMBERED = re.compile(r"(\d+)\.[A-Za-z]+$")
@@ -104,20 +104,8 @@ def metrics_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data) -> None:
-    """Atomic JSON write (temp file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_text(path: Path, text: str) -> None:
+    """Atomic text write (temp file in the same folder, then ``os.replace``)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -209,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ids = coco_image_ids(paths, names)
     write_predictions(str(out / "captions.json"), dict(zip(ids, captions)))
-    write_json(out / "results.json", result)
+    write_results(out / "results.json", result)
     row = {"split": split, "images": len(paths), **{METRIC_NAMES[k]: v for k, v in metrics.items()
                                                      if k in METRIC_NAMES}}
     table = metrics_table([row], list(row))

@@ -24,10 +24,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..eval.report import write_results
 from .build import VLMConfigError
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .evaluate import (EvalError, METRIC_NAMES, decoding_settings, device_for, generate_captions, load_images,
-                       metrics_table, read_karpathy, score_captions, write_json, write_text)
+                       metrics_table, read_karpathy, score_captions, write_text)
 from .lm import LMLoadError
 
 __all__ = ["FeatureNoise", "connector_cosine_distance", "feature_std", "main", "noise_robustness"]
@@ -191,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     table = metrics_table(rows, list(rows[0]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "noise_results.json", result)
+    write_results(out / "noise_results.json", result)
     write_text(out / "noise_results.md", f"# AlignVLM noise robustness\n\n{len(paths)} images from {args.data}; "
                                          f"{result['noise']}; seed {args.seed}\n\n{table}\n")
     print(f"{table}\nwrote {out / 'noise_results.json'}, {out / 'noise_results.md'}")
