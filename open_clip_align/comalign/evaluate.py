@@ -1,9 +1,9 @@
 """ComAlign image-text retrieval from a component store: CLIP alone, the paper's mean and the reference weights.
 
     python -m open_clip_align.comalign.evaluate --model comalign-ViT-B-32 --pretrained openai \\
-        --head-checkpoint ComAlign-CLIP-VIT-B32.pt --store val2017_components.h5 --out val2017.json
+        --head-checkpoint ComAlign-CLIP-VIT-B32.pt --padding reference --store val2017_components.h5 --out val2017.json
     python -m open_clip_align.comalign.evaluate --model comalign-ViT-B-32 --pretrained openai \\
-        --head-checkpoint ComAlign-CLIP-VIT-B32.pt --store val2017_components.h5 \\
+        --head-checkpoint ComAlign-CLIP-VIT-B32.pt --padding reference --store val2017_components.h5 \\
         --reference-dir embeddings/ --out val2017_reference_components.json
 
 The store (``python -m open_clip_align.comalign.embed``) fixes the protocol: embedded from COCO's
@@ -60,7 +60,7 @@ def store_text(arrays: dict) -> Dict[str, torch.Tensor]:
             "text_relation_mask": arrays["text_relation_mask"]}
 
 
-def evaluate_arrays(model, arrays: dict, padding: str = "reference", ks: Sequence[int] = KS,
+def evaluate_arrays(model, arrays: dict, padding: str = "masked", ks: Sequence[int] = KS,
                     batch_size: int = 256, device="cpu") -> Dict[str, dict]:
     """``{scoring: eval.retrieval.metrics(...)}`` for ``SCORINGS`` (direction-specific scores: image→text ranks
     from I2T, text→image ranks from T2I), plus each scoring's normalisation constants."""
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-split", default="val2017")
     p.add_argument("--reference-tag", default="ViT-B-32_openai")
     p.add_argument("--max-captions", type=int, default=5, help="captions kept per image (the reference: 5)")
-    p.add_argument("--padding", default="reference", choices=PADDINGS,
+    p.add_argument("--padding", default="masked", choices=PADDINGS,
                    help="'reference': zero text pads stay in the means, image slots always count (the released "
                         "scorer); 'masked': real components only (for heads trained with masking)")
     p.add_argument("--ks", type=int, nargs="+", default=list(KS), help="recall cut-offs")
