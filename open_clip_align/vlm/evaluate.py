@@ -210,13 +210,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return result
 
 
-def cli() -> None:
-    """Console entry: user errors become one line on stderr and exit status 2."""
+def run_cli(entry: Callable[[], object], prog: str) -> None:
+    """Run a vlm console entry: user errors (bad data, checkpoint, config, LM) become one line on stderr and
+    exit status 2."""
     try:
-        main()
+        entry()
     except (EvalError, CheckpointError, VLMConfigError, LMLoadError) as err:
-        print(f"open_clip_align.vlm.evaluate: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def cli() -> None:
+    run_cli(main, "open_clip_align.vlm.evaluate")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ sees the same noise for the same images.
         --data coco_karpathy_test.json --image-root /data/coco --sigma 3 --relative-sigma 0.5 1 --out results/noise
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -25,11 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..eval.report import write_results
-from .build import VLMConfigError
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint
 from .evaluate import (EvalError, METRIC_NAMES, decoding_settings, device_for, generate_captions, load_images,
-                       metrics_table, read_karpathy, score_captions, write_text)
-from .lm import LMLoadError
+                       metrics_table, read_karpathy, run_cli, score_captions, write_text)
 
 __all__ = ["FeatureNoise", "connector_cosine_distance", "feature_std", "main", "noise_robustness"]
 
@@ -200,12 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def cli() -> None:
-    """Console entry: user errors become one line on stderr and exit status 2."""
-    try:
-        main()
-    except (EvalError, CheckpointError, VLMConfigError, LMLoadError) as err:
-        print(f"open_clip_align.vlm.noise: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "open_clip_align.vlm.noise")
 
 
 if __name__ == "__main__":
