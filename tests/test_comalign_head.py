@@ -31,13 +31,26 @@ def oracle_pe(n_slots: int, d: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)[None]
 
 
+def reference_float32_pe(n_slots: int, d: int) -> torch.Tensor:
+    """The PE buffer as the reference builds it (spec §1): integer positions and channels, float32 division,
+    power, cos and sin — what the released checkpoint stores."""
+    positions = torch.arange(n_slots).view(-1, 1)
+    channels = torch.arange(d).view(1, -1)
+    theta = positions / (10000 ** ((2 * channels) / d))
+    pe = torch.zeros(1, n_slots, d)
+    pe[0, :, ::2] = torch.cos(theta[:, ::2])
+    pe[0, :, 1::2] = torch.sin(theta[:, 1::2])
+    return pe
+
+
 def reference_state(d: int = 512, unused: int = 256, ffn: int = 512, seed: int = 0) -> dict:
-    """A seeded random checkpoint with the reference's key names (norm weights near 1, the true PE)."""
+    """A seeded random checkpoint with the reference's key names (norm weights near 1, the PE the reference
+    computes and stores: float32)."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in reference_shapes(d, unused=unused, ffn=ffn).items():
         if key.endswith("positional_encodings"):
-            state[key] = oracle_pe(shape[1], d).float()
+            state[key] = reference_float32_pe(shape[1], d)
         elif ".norm" in key and key.endswith("weight"):
             state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
         else:
@@ -83,9 +96,10 @@ def test_positional_encoding_reference_values_and_sum():
     torch.testing.assert_close(pe[0, 0, :4], torch.tensor([1.0, 0.0, 1.0, 0.0]))
     torch.testing.assert_close(pe[0, 1, :4], torch.tensor([0.540302, 0.821856, 0.597375, 0.781887]), atol=1e-6, rtol=0)
     torch.testing.assert_close(pe[0, 20, :4], torch.tensor([0.408082, 0.429263, 0.971784, -0.780718]),
-                               atol=1e-6, rtol=0)
+                               atol=2e-6, rtol=0)  # the spec's float64 values; the buffer is float32
     assert pe.double().sum().item() == pytest.approx(5057.9008, abs=1e-3)
-    torch.testing.assert_close(pe.double(), oracle_pe(21, 512), atol=1e-7, rtol=0)
+    assert torch.equal(pe, reference_float32_pe(21, 512))  # bit-identical to the reference's float32 buffer
+    torch.testing.assert_close(pe.double(), oracle_pe(21, 512), atol=2e-6, rtol=0)  # float32 rounding only
     module = PositionalEncoding(21, 512)
     assert "positional_encodings" in module.state_dict()  # persistent: travels in checkpoints
 
@@ -183,6 +197,21 @@ def test_strict_loading_of_reference_checkpoints(tmp_path):
     low = ComAlignHead().to(torch.bfloat16)  # the PE check reads the file, not the rounded buffer
     load_comalign_head(low, tmp_path / "raw.pt")
     assert low.encoder_pos_embedding.positional_encodings.dtype == torch.bfloat16
+
+
+def test_released_float32_buffer_loads_and_float64_rounding_is_within_tolerance(tmp_path):
+    """The reference's float32 PE differs from a float64 computation by up to 1.34e-6: it must load, and so
+    must a buffer rounded from float64 (a few float32 ulps away)."""
+    state = reference_state(seed=3)
+    gap = (state["encoder_pos_embedding.positional_encodings"].double() - oracle_pe(21, 512)).abs().max().item()
+    assert 1e-6 < gap < 2e-6
+    torch.save(state, tmp_path / "released.pt")
+    head = ComAlignHead()
+    load_comalign_head(head, tmp_path / "released.pt")
+    assert torch.equal(head.encoder_pos_embedding.positional_encodings,
+                       state["encoder_pos_embedding.positional_encodings"])
+    rounded = {**state, "encoder_pos_embedding.positional_encodings": oracle_pe(21, 512).float()}
+    load_comalign_head(ComAlignHead(), rounded)
 
 
 def test_loading_errors_name_the_file_and_the_problem(tmp_path):
