@@ -9,7 +9,7 @@ setup(
     description="Compositional alignment for open_clip: hard negatives, DeGLA, ComAlign, AlignVLM",
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.11",
     packages=find_packages(include=["open_clip_align", "open_clip_align.*", "training"]),
     package_data={"open_clip_align": ["model_configs/*.json", "negatives/prompts/*.txt", "negatives/prompts/*.jsonl"]},
     install_requires=[

@@ -61,6 +61,20 @@ def one_thread():
 
 
 @pytest.fixture
+def own_log_handlers():
+    """open_clip_train adds a stderr and a file handler to the root logger on every in-process run; drop them
+    afterwards, so a later test does not write to this test's (then closed) captured stderr or log file."""
+    import logging
+
+    before = list(logging.root.handlers)
+    yield
+    for handler in logging.root.handlers[:]:
+        if handler not in before:
+            logging.root.removeHandler(handler)
+            handler.close()
+
+
+@pytest.fixture
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

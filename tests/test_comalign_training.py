@@ -5,7 +5,6 @@ import argparse
 import ast
 import csv
 import json
-import logging
 import math
 import multiprocessing
 import re
@@ -370,15 +369,8 @@ def test_feature_dataset_refuses_images_without_captions():
 # ------------------------------------------------------------------------------------------- training
 
 @pytest.fixture(autouse=True)
-def own_log_handlers():
-    """open_clip_train adds a stderr and a file handler to the root logger on every in-process run; drop them
-    afterwards, so a later test does not write to this test's (then closed) captured stderr or log file."""
-    before = list(logging.root.handlers)
-    yield
-    for handler in logging.root.handlers[:]:
-        if handler not in before:
-            logging.root.removeHandler(handler)
-            handler.close()
+def _own_log_handlers(own_log_handlers):
+    """Every test here drops the log handlers its in-process runs add (see conftest)."""
 
 
 def _state(path):

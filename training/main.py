@@ -33,6 +33,10 @@ def cli() -> None:
     except (PluginUsageError, HardNegDataError, ComAlignDataError) as err:
         print(f"training.main: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("training.main: interrupted; checkpoints written so far are kept (continue with --resume latest)",
+              file=sys.stderr)
+        sys.exit(130)
     finally:  # open_clip_train sets every logger to INFO; keep torch's exit-time stats dump off the console
         for name in list(logging.root.manager.loggerDict):
             if name.startswith("torch"):

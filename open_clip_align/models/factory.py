@@ -32,6 +32,61 @@ def plugin_block(model_name: str) -> Optional[Dict[str, Any]]:
     return cfg[PLUGIN_KEY]
 
 
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")  # torch's zip format, a legacy pickle (protocol >= 2)
+
+
+def _looks_like_checkpoint(path: str) -> bool:
+    """Cheap sniff of the first bytes: a torch zip/pickle file or safetensors (u64 header size, then '{')."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+    return head.startswith(_CHECKPOINT_MAGIC) or head[8:9] == b"{"
+
+
+def pretrained_problem(model_name: str, pretrained: Optional[str]) -> Optional[str]:
+    """Why ``pretrained`` cannot give ``model_name`` weights (one sentence), or None when it can (or cannot be
+    told without loading: schema names such as ``hf-hub:`` bring their own)."""
+    if not pretrained or not isinstance(model_name, str) or ":" in model_name:
+        return None
+    if os.path.isdir(pretrained):
+        return f"{pretrained} is a directory; expected a checkpoint file or a pretrained tag"
+    if os.path.isfile(pretrained):
+        if not _looks_like_checkpoint(pretrained):
+            return f"{pretrained} is not a checkpoint (neither a torch file nor safetensors)"
+        return None
+    block = plugin_block(model_name)
+    base = block.get("base") if block is not None else model_name.replace("/", "-")
+    if base and get_pretrained_cfg(base, pretrained):
+        return None
+    tags = list_pretrained_tags_by_model(base) if base else []
+    known = (f"its tags are {', '.join(tags)}" if tags
+             else f"{base or model_name} has no pretrained tags; leave --pretrained out for random weights")
+    return f"{pretrained!r} is neither a file nor a tag of {base or model_name} ({known})"
+
+
+def unreadable_checkpoint(path: str) -> Optional[str]:
+    """Why the checkpoint file at ``path`` cannot be loaded (one sentence naming it), or None when it loads.
+
+    Memory-maps zip checkpoints, so probing a multi-GB file is cheap."""
+    if not os.path.isfile(path):
+        return f"{path}: no such file"
+    if not _looks_like_checkpoint(path):
+        return f"{path} is not a checkpoint (neither a torch file nor safetensors)"
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            load_file(path)
+        else:
+            with open(path, "rb") as f:
+                zipped = f.read(4) == _CHECKPOINT_MAGIC[0]
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as err:  # truncated, corrupt or pickled objects: all mean "not loadable as weights"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in first or "Weights only load failed" in first:
+            first = "it holds pickled Python objects, not only tensors"
+        return f"{path} cannot be loaded as a checkpoint ({first[:160]})"
+    return None
+
+
 def _resolve_pretrained(model_name: str, base: Optional[str], pretrained: str, cache_dir: Optional[str]):
     """Return ``(checkpoint_path, pretrained_cfg_or_None)`` for a tag (looked up on the base name) or file."""
     tag_cfg = get_pretrained_cfg(base, pretrained) if base else {}
@@ -39,10 +94,7 @@ def _resolve_pretrained(model_name: str, base: Optional[str], pretrained: str, c
         return download_pretrained(tag_cfg, cache_dir=cache_dir), tag_cfg
     if os.path.isfile(pretrained):
         return pretrained, None
-    tags = list_pretrained_tags_by_model(base) if base else []
-    raise RuntimeError(
-        f"pretrained={pretrained!r} for {model_name!r} is neither a file nor a tag of its base "
-        f"{base!r} (known tags: {', '.join(tags) or 'none'})")
+    raise RuntimeError(f"pretrained for {model_name!r}: {pretrained_problem(model_name, pretrained)}")
 
 
 def load_plugin_checkpoint(model: torch.nn.Module, checkpoint_path: str, weights_only: bool = True):
