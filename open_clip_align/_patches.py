@@ -137,12 +137,16 @@ def _parse_args(original_parse_args, state, argv):
         pre.error(f"argument --num-hardneg: expected K >= 1, got {ours.num_hardneg}")
     if losses.loss_uses_hardneg(ours.loss) and ours.hardneg_format == "none":
         pre.error(f"--loss {ours.loss} trains on hard negative captions: give --train-data with "
-                  f"--hardneg-format (csv, degla-json, jsonl or wds)")
+                  f"--hardneg-format (csv, degla-json, jsonl, wds or ceclip-npy)")
     if (ours.loss == "comalign") != (ours.comalign_data != "none"):
         pre.error("--loss comalign trains on ComAlign components and needs --comalign-data features|images "
                   "(and --comalign-data needs --loss comalign)")
     if ours.comalign_data != "none" and ours.hardneg_format != "none":
         pre.error("--comalign-data and --hardneg-format cannot be combined")
+    from .data.hardneg import hardneg_flag_error  # the data stack loads with open_clip_train anyway
+    problem = hardneg_flag_error(ours)
+    if problem:
+        pre.error(problem)
     if not 0.0 <= ours.ema_decay <= 1.0:
         pre.error(f"argument --ema-decay: expected a decay in [0, 1], got {ours.ema_decay}")
     args = original_parse_args(rest)
@@ -253,6 +257,13 @@ def _create_loss(args):
         raise PluginUsageError(f"--loss {args.loss}: {err}") from None
 
 
+def _train_one_epoch(original, model, data, loss, *args, **kwargs):
+    """Losses with per-epoch state reset it first (CE-CLIP's previous-batch margins restart at 0, as released)."""
+    if hasattr(loss, "start_epoch"):
+        loss.start_epoch()
+    return original(model, data, loss, *args, **kwargs)
+
+
 class CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
     """DDP that drops ``device_ids`` for CPU modules (open_clip_train passes them unconditionally)."""
 
@@ -274,6 +285,7 @@ def training_hooks():
          functools.partial(_create_model_and_transforms, train_main.create_model_and_transforms, state)),
         (train_main, "get_data", functools.partial(_get_data, train_main.get_data)),
         (train_main, "pt_load", functools.partial(_pt_load, train_main.pt_load)),
+        (train_main, "train_one_epoch", functools.partial(_train_one_epoch, train_main.train_one_epoch)),
         (train_main, "create_loss", _create_loss),
         (torch.nn.parallel, "DistributedDataParallel", CpuSafeDDP),
     ]

@@ -6,7 +6,7 @@ Upstream's parser uses ``allow_abbrev=True``, so ``--loss degla`` would silently
 """
 import argparse
 
-HARDNEG_FORMATS = ("none", "csv", "degla-json", "jsonl", "wds")
+HARDNEG_FORMATS = ("none", "csv", "degla-json", "jsonl", "wds", "ceclip-npy")
 COMALIGN_DATA = ("none", "features", "images")
 
 
@@ -23,8 +23,9 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--hardneg-format", default="none", choices=HARDNEG_FORMATS,
         help="Train-data format carrying hard negative captions: 'csv' (CSV/TSV with a list column, "
              "NegCLIP style), 'degla-json' (a JSON array of {image, original, enhanced:[...]}), "
-             "'jsonl' (one such object per line), 'wds' (webdataset shards, negatives in a .json member). "
-             "'none' leaves --train-data to open_clip's own loaders.")
+             "'jsonl' (one such object per line), 'wds' (webdataset shards, negatives in a .json member), "
+             "'ceclip-npy' (CE-CLIP's directory of pickled .npy lists: 4 typed negatives with a validity mask; "
+             "needs --trust-pickled-data). 'none' leaves --train-data to open_clip's own loaders.")
     g.add_argument("--num-hardneg", type=int, default=4, metavar="K",
                    help="Hard negatives per image K; each sample yields texts of shape [1+K, L].")
     g.add_argument(
@@ -43,6 +44,22 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "naming the file and row).")
     g.add_argument("--csv-hardneg-key", default="neg_caption",
                    help="CSV/TSV column holding the negatives as a list literal, e.g. ['a b', 'c d'].")
+    g.add_argument("--csv-hardimg-key", default=None, metavar="COLUMN",
+                   help="--loss negclip with csv: column of hard-negative image rows (NegCLIP's neg_image), a list "
+                        "literal of 0-based data-row indices such as [12, 7]. Each sample also brings one of these "
+                        "rows (drawn per access) with its caption and negatives: the batch has 2B images.")
+    g.add_argument("--csv-img-root", default=None, metavar="NEW|OLD=NEW",
+                   help="csv: rebase absolute image paths written on another machine (NegCLIP's TSV). NEW replaces "
+                        "the longest directory all absolute paths share (e.g. /their/coco of .../coco/train2014/... "
+                        "and .../coco/val2014/...); OLD=NEW replaces the prefix OLD, and a path outside it is an "
+                        "error. Relative paths are left to --hardneg-image-root.")
+    g.add_argument("--trust-pickled-data", action="store_true", default=False,
+                   help="ceclip-npy: allow unpickling the .npy files. Unpickling can run code stored in the file: "
+                        "pass this only for files from a source you trust.")
+    g.add_argument("--ceclip-image-template", default=None,
+                   help="ceclip-npy: format string turning an entry's image_id into a path under "
+                        "--hardneg-image-root (default: the --train-data directory); default "
+                        "'train2014/COCO_train2014_{:012d}.jpg', as CE-CLIP's loader.")
     g.add_argument("--json-image-key", default="image",
                    help="JSON/JSONL field with the image path or id (DeGLA's release uses image_id).")
     g.add_argument("--json-caption-key", default="original", help="JSON/JSONL/wds field with the positive caption.")
@@ -82,9 +99,16 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--ceclip-imc-mode", default="paper", choices=("paper", "reference"),
                    help="'paper': the image-text match is column 0 and must beat the text-negative similarities; "
                         "'reference': the released code's target 0 = the batch's first negative (a label bug).")
-    g.add_argument("--ceclip-threshold-type", default="mean", choices=("mean", "fixed"),
-                   help="CMR margin per negative slot k: 'mean' = batch mean positive logit − mean logit of slot k "
-                        "(detached); 'fixed' = --ceclip-fixed-threshold.")
+    g.add_argument("--ceclip-threshold-type", default="mean", choices=("mean", "max", "fixed"),
+                   help="CMR margin per negative slot k: 'mean' = batch mean positive logit − mean logit of slot k; "
+                        "'max' = max over valid pairs of (positive − slot-k logit) / 5 (the released code's); "
+                        "'fixed' = --ceclip-fixed-threshold. Adaptive margins are detached.")
+    g.add_argument("--ceclip-threshold-from", default="current", choices=("current", "previous"),
+                   help="Adaptive margins from this batch ('current'), or from the previous batch, starting at 0 "
+                        "each epoch ('previous', the released training loop).")
+    g.add_argument("--ceclip-cmr-average", default="valid", choices=("valid", "all"),
+                   help="CMR's mean over the valid (image, negative) pairs ('valid'), or over all N·K pairs with "
+                        "invalid ones counting 0 ('all', the released code's).")
     g.add_argument("--ceclip-fixed-threshold", type=float, default=10.0, help="CMR margin for 'fixed' thresholds.")
     g.add_argument("--ceclip-upper-bound", type=float, default=10.0,
                    help="Adaptive CMR margins are clamped to [0, this].")

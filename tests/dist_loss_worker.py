@@ -17,7 +17,7 @@ CONFIGS = {
     "degla-mean-grad": lambda **kw: DeGLALoss(distill_reduction="mean", **kw),
     "ce-clip": lambda **kw: CEClipLoss(**kw),
 }
-LOCAL_OK = ("negclip", "degla-fixed")  # --local-loss: CE terms average over ranks, distill sums
+LOCAL_OK = ("negclip", "degla-fixed")  # --local-loss (+ --gather-with-grad): each rank returns its share, they sum
 
 
 def _batch():
@@ -45,12 +45,12 @@ def main(out_path: str) -> None:
         kw = dict(rank=rank, world_size=world, gather_with_grad=name.endswith("grad"))
         entry = {"distributed": _values(make(**kw), shard), "single": _values(make(), full)}
         if name in LOCAL_OK:
-            local = make(local_loss=True, **kw)(**shard, output_dict=True)
+            local = make(local_loss=True, **dict(kw, gather_with_grad=True))(**shard, output_dict=True)
             reduced = {}
             for key, value in local.items():
                 value = value.detach().clone()
                 dist.all_reduce(value)
-                reduced[key] = value.item() if key == "distill_loss" else value.item() / world
+                reduced[key] = value.item()
             entry["local"] = reduced
         results[name] = entry
     if rank == 0:

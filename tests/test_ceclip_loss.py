@@ -92,7 +92,7 @@ def test_threshold_clamp_and_fixed():
     fixed = cmr_thresholds(pos, neg, threshold_type="fixed", fixed_threshold=2.5)
     torch.testing.assert_close(fixed, torch.full((3,), 2.5))
     with pytest.raises(ValueError, match="--ceclip-threshold-type"):
-        cmr_thresholds(pos, neg, threshold_type="max")
+        cmr_thresholds(pos, neg, threshold_type="median")
 
 
 def test_cmr_matches_loop(batch):
@@ -208,10 +208,103 @@ def test_fp32_under_autocast(batch):
 
 
 @pytest.mark.parametrize("kwargs, flag", [({"imc_mode": "buggy"}, "--ceclip-imc-mode"),
-                                          ({"threshold_type": "max"}, "--ceclip-threshold-type"),
+                                          ({"threshold_type": "median"}, "--ceclip-threshold-type"),
                                           ({"local_loss": True}, "--local-loss")])
 def test_bad_arguments_raise(kwargs, flag):
     with pytest.raises(ValueError, match=flag) as err:
         CEClipLoss(**kwargs)
     if flag == "--local-loss":
         assert "--loss ce-clip" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the released modes (parity)
+
+def _loop_max_thresholds(image, text, neg, valid, s, upper=10.0):
+    """The released 'max' margin: per type, the largest valid·(gt − negative) logit gap over the batch (an
+    invalid pair contributes 0), divided by 5, then the training loop's clamp to [0, upper]."""
+    out = []
+    for k in range(K):
+        gaps = [float(s * image[i] @ text[i] - s * image[i] @ neg[i, k]) if valid[i, k] else 0.0 for i in range(N)]
+        out.append(min(max(max(gaps) / 5, 0.0), upper))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_max_thresholds_match_the_released_formula(batch):
+    image, text, neg, valid, s = batch
+    pos, negl = s * (image * text).sum(-1), s * torch.einsum("nd,nkd->nk", image, neg)
+    theta = cmr_thresholds(pos, negl, valid, threshold_type="max")
+    torch.testing.assert_close(theta, _loop_max_thresholds(image, text, neg, valid, s))
+    torch.testing.assert_close(cmr_thresholds(pos, negl, valid, threshold_type="max", upper_bound=0.5),
+                               _loop_max_thresholds(image, text, neg, valid, s, upper=0.5))
+    assert theta[3] == 0 and not theta.requires_grad  # slot 3: no valid pair, only zeros
+    pos, negl = torch.tensor([5.0, 7.0]), torch.tensor([[1.0, 9.0], [2.0, 8.0]])  # gaps [[4,-4],[5,-1]]
+    torch.testing.assert_close(cmr_thresholds(pos, negl, threshold_type="max"), torch.tensor([1.0, 0.0]))
+
+
+def test_cmr_all_pairs_divides_by_n_times_k(batch):
+    image, text, neg, valid, s = batch
+    theta = _loop_thresholds(image, text, neg, valid, s)
+    valid_mean = _loop_cmr(image, text, neg, valid, s, theta)
+    all_pairs = cmr_loss(image, text, neg, s, valid, theta, average="all")
+    torch.testing.assert_close(all_pairs, valid_mean * int(valid.sum()) / (N * K))
+    assert all_pairs < valid_mean
+    with pytest.raises(ValueError, match="--ceclip-cmr-average"):
+        cmr_loss(image, text, neg, s, valid, theta, average="some")
+
+
+def _shifted(batch, seed):
+    image, text, neg, valid, s = batch
+    g = torch.Generator().manual_seed(seed)
+    return _norm(g, N), _norm(g, N), _norm(g, N, K), valid, s
+
+
+@pytest.mark.parametrize("threshold_type", ["mean", "max"])
+def test_previous_batch_thresholds_start_at_zero_each_epoch(batch, threshold_type):
+    """'previous' (the released loop): batch t's CMR uses the θ of batch t−1; the first batch of an epoch θ = 0."""
+    batches = [batch, _shifted(batch, 7), _shifted(batch, 8)]
+    loop = _loop_max_thresholds if threshold_type == "max" else _loop_thresholds
+    loss = CEClipLoss(threshold_type=threshold_type, threshold_from="previous", cmr_weight=1.0)
+    for epoch in range(2):
+        loss.start_epoch()
+        theta = torch.zeros(K, dtype=torch.float64)
+        for b in batches:
+            image, text, neg, valid, s = b
+            got = loss(image, text, s, neg_text_features=neg, neg_text_valid=valid, output_dict=True)["cmr_loss"]
+            want = _loop_cmr(image, text, neg, valid, s, theta)
+            torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+            theta = loop(image, text, neg, valid, s)
+            torch.testing.assert_close(loss.previous_thresholds.double(), theta, atol=1e-5, rtol=1e-5)
+    current = CEClipLoss(threshold_type=threshold_type, cmr_weight=1.0)
+    image, text, neg, valid, s = batches[1]
+    torch.testing.assert_close(current(image, text, s, neg_text_features=neg, neg_text_valid=valid,
+                                       output_dict=True)["cmr_loss"].double(),
+                               _loop_cmr(image, text, neg, valid, s, loop(image, text, neg, valid, s)))
+
+
+def test_previous_with_fixed_thresholds_stays_fixed(batch):
+    image, text, neg, valid, s = batch
+    loss = CEClipLoss(threshold_type="fixed", fixed_threshold=3.0, threshold_from="previous", cmr_weight=1.0)
+    got = loss(image, text, s, neg_text_features=neg, neg_text_valid=valid, output_dict=True)["cmr_loss"]
+    torch.testing.assert_close(got.double(), _loop_cmr(image, text, neg, valid, s, torch.full((K,), 3.0)))
+
+
+def test_released_mode_flags_are_checked():
+    with pytest.raises(ValueError, match="--accum-freq"):
+        CEClipLoss(threshold_from="previous", accum_freq=2)
+    CEClipLoss(threshold_from="current", accum_freq=2)
+    for kwargs, flag in (({"threshold_from": "next"}, "--ceclip-threshold-from"),
+                         ({"cmr_average": "none"}, "--ceclip-cmr-average")):
+        with pytest.raises(ValueError, match=flag):
+            CEClipLoss(**kwargs)
+
+
+def test_create_loss_reads_the_released_mode_flags():
+    from open_clip_align.losses import create_loss
+    from open_clip_align.params import build_preparser
+    args, _ = build_preparser().parse_known_args(
+        ["--loss", "ce-clip", "--ceclip-threshold-type", "max", "--ceclip-threshold-from", "previous",
+         "--ceclip-cmr-average", "all"])
+    args.local_loss, args.gather_with_grad, args.rank, args.world_size, args.horovod = False, False, 0, 1, False
+    args.accum_freq = 1
+    loss = create_loss("ce-clip", args)
+    assert (loss.threshold_type, loss.threshold_from, loss.cmr_average) == ("max", "previous", "all")

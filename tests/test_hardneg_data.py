@@ -421,3 +421,286 @@ def test_wds_malformed_negatives_and_missing_flags(tmp_path, tok):
         build(make_args(shard, "wds"), tok)
     with pytest.raises(HardNegDataError, match="shard.*not found"):
         build(make_args(tmp_path / "nope.tar", "wds", train_num_samples=2), tok)
+
+
+# ----------------------------------------------------------------------------- NegCLIP hard-negative images
+
+def _colour(i):
+    return (20 * i, 200 - 20 * i, 60)
+
+
+def hardimg_csv(root: Path, hard, n_neg=2, absolute_prefix=None, name="train.tsv") -> Path:
+    """One row per entry of ``hard`` (its neg_image list); row i's 8x8 image has colour _colour(i). With
+    ``absolute_prefix`` the file holds absolute paths under that prefix (images stay under ``root``)."""
+    rows = []
+    for i, neighbours in enumerate(hard):
+        split = "train2014" if i % 2 == 0 else "val2014"
+        png(root / split / f"{i}.png", _colour(i))
+        image = f"{absolute_prefix}/{split}/{i}.png" if absolute_prefix else f"{split}/{i}.png"
+        rows.append((image, f"caption {i}", [f"neg {i}-{j}" for j in range(n_neg)], repr(neighbours)))
+    return write_csv(root / name, rows, header=("filepath", "title", "neg_caption", "neg_image"))
+
+
+def _row_of(image):
+    """Which row's image a [3,8,8] tensor is (by its colour)."""
+    rgb = tuple(round(float(c) * 255) for c in image[:, 0, 0])
+    return next(i for i in range(10) if _colour(i) == rgb)
+
+
+def test_hard_images_bring_a_neighbour_row_with_its_caption_and_negatives(tmp_path, tok):
+    hard = [[1, 2], [0], [3, 0], [2]]
+    args = make_args(hardimg_csv(tmp_path, hard), "csv", csv_hardimg_key="neg_image", loss="negclip",
+                     hardneg_sampling="first", num_hardneg=2)
+    info = build(args, tok)
+    dataset = info.dataloader.dataset
+    picks = set()
+    for epoch in range(6):
+        info.set_epoch(epoch)
+        for i in range(4):
+            images, tokens = dataset[i]
+            assert tuple(images.shape) == (2, 3, 8, 8) and tuple(tokens.shape) == (2, 3, L)
+            assert _row_of(images[0]) == i
+            h = _row_of(images[1])
+            assert h in hard[i]
+            check_tokens(tokens[0], tok, f"caption {i}", [f"neg {i}-0", f"neg {i}-1"], k=2)
+            check_tokens(tokens[1], tok, f"caption {h}", [f"neg {h}-0", f"neg {h}-1"], k=2)
+            picks.add((i, h))
+    assert {(0, 1), (0, 2), (2, 3), (2, 0)} <= picks  # both neighbours get drawn over epochs
+    info.set_epoch(3)
+    first = [_row_of(dataset[i][0][1]) for i in range(4)]
+    assert [_row_of(dataset[i][0][1]) for i in range(4)] == first  # seeded: the same draw again
+    images, texts = next(iter(info.dataloader))
+    assert tuple(images.shape) == (2, 2, 3, 8, 8) and tuple(texts.shape) == (2, 2, 3, L)
+
+
+def test_csv_img_root_rebases_absolute_paths(tmp_path, tok):
+    hard = [[1], [0], [3], [2]]
+    path = hardimg_csv(tmp_path / "coco", hard, absolute_prefix="/nfs/their/machine/coco")
+    records = build(make_args(path, "csv", csv_img_root=str(tmp_path / "coco")), tok).dataloader.dataset.records
+    assert [r.image for r in records] == [str(tmp_path / "coco" / s / f"{i}.png")
+                                          for i, s in enumerate(["train2014", "val2014"] * 2)]
+    explicit = make_args(path, "csv", csv_img_root=f"/nfs/their/machine={tmp_path}")
+    assert build(explicit, tok).dataloader.dataset.records[1].image == str(tmp_path / "coco" / "val2014" / "1.png")
+    with pytest.raises(HardNegDataError, match=r"train\.tsv, line 2: image path '/nfs/their/machine/coco/train2014/"
+                                                r"0\.png' is not under '/elsewhere'"):
+        build(make_args(path, "csv", csv_img_root=f"/elsewhere={tmp_path}"), tok)
+    with pytest.raises(HardNegDataError, match="image file not found"):  # without rebasing
+        build(make_args(path, "csv"), tok)
+
+
+REBASE_CASES = {
+    "no absolute paths": (dict(csv_img_root="/data"), ["rebases absolute image paths", "has none"]),
+    "nothing shared": (dict(csv_img_root="/data", prefixes=("/a/x", "/b/x")), ["share no directory", "OLD=NEW"]),
+    "relative OLD": (dict(csv_img_root="coco=/data", prefixes=("/a/x", "/a/x")), ["absolute prefix OLD"]),
+}
+
+
+@pytest.mark.parametrize("case", list(REBASE_CASES))
+def test_csv_img_root_refusals(tmp_path, tok, case):
+    kw, expected = REBASE_CASES[case]
+    prefixes = kw.pop("prefixes", ("", ""))
+    rows = [(f"{p}/{i}.png" if p else _ok(tmp_path, i)[0], f"c {i}", ["a", "b"]) for i, p in enumerate(prefixes)]
+    with pytest.raises(HardNegDataError) as info:
+        build(_csv_case(tmp_path, rows, **kw), tok)
+    for text in expected:
+        assert text in str(info.value), (text, str(info.value))
+
+
+def test_skip_bad_images_renumbers_hard_images(tmp_path, tok, caplog):
+    """Row 1's image is missing: it is dropped, row 0 (whose only neighbour it was) too; rows 2, 3 keep theirs."""
+    path = hardimg_csv(tmp_path, [[1], [2], [3, 1], [2]])
+    (tmp_path / "val2014" / "1.png").unlink()
+    args = make_args(path, "csv", csv_hardimg_key="neg_image", loss="negclip", batch_size=1,
+                     hardneg_skip_bad_images=True)
+    with caplog.at_level(logging.WARNING):
+        records = build(args, tok).dataloader.dataset.records
+    assert [r.caption for r in records] == ["caption 2", "caption 3"]
+    assert [r.hard_images for r in records] == [(1,), (0,)]
+    assert "Skipping 1 more rows whose every hard-negative image is missing" in caplog.text
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_unreadable_hard_image_names_both_rows_or_is_replaced(tmp_path, tok, skip):
+    path = hardimg_csv(tmp_path, [[1, 2], [0], [0], [0]])
+    (tmp_path / "val2014" / "1.png").write_bytes(b"not an image")
+    args = make_args(path, "csv", csv_hardimg_key="neg_image", loss="negclip", hardneg_skip_bad_images=skip)
+    dataset = build(args, tok).dataloader.dataset
+    if not skip:
+        with pytest.raises(HardNegDataError, match=r"train\.tsv, line 3: cannot read image.*1\.png, the "
+                                                   r"hard-negative image of .*train\.tsv, line 2\)"):
+            for epoch in range(8):  # until row 1 is drawn as row 0's hard image
+                dataset.shared_epoch.set_value(epoch)
+                dataset[0]
+        return
+    for epoch in range(8):
+        dataset.shared_epoch.set_value(epoch)
+        assert _row_of(dataset[0][0][1]) == 2  # row 1 is unreadable: always the other neighbour
+
+
+def _hardimg_case(tmp_path, cell, **kw):
+    png(tmp_path / "0.png")
+    rows = [("0.png", "c0", ["a", "b"], "[1]"), ("0.png", "c1", ["a", "b"], cell)]
+    path = write_csv(tmp_path / "train.csv", rows, header=("filepath", "title", "neg_caption", "neg_image"))
+    return make_args(path, "csv", **{"csv_hardimg_key": "neg_image", "loss": "negclip", **kw})
+
+
+HARDIMG_ERRORS = {
+    "missing column": (lambda p: make_args(write_csv(p / "train.csv", [_ok(p)]), "csv", csv_hardimg_key="neg_image",
+                                           loss="negclip"),
+                       ["missing column(s) ['neg_image']", "--csv-hardimg-key"]),
+    "not a literal": (lambda p: _hardimg_case(p, "[1, "), ["train.csv, line 3", "like [12, 7]"]),
+    "empty list": (lambda p: _hardimg_case(p, "[]"), ["train.csv, line 3", "non-empty list of row indices"]),
+    "not an index": (lambda p: _hardimg_case(p, "['a']"), ["train.csv, line 3", "item 1", "expected a row index"]),
+    "out of range": (lambda p: _hardimg_case(p, "[0, 2]"),
+                     ["train.csv, line 3", "item 2", "row 2, outside the file's 2 data rows"]),
+    "other loss": (lambda p: _hardimg_case(p, "[0]", loss="degla"), ["--csv-hardimg-key", "--loss negclip only"]),
+    "other format": (lambda p: make_args(p / "x.jsonl", "jsonl", csv_hardimg_key="neg_image", loss="negclip"),
+                     ["--csv-hardimg-key applies to --hardneg-format csv only"]),
+    "img root with json": (lambda p: make_args(p / "x.json", "degla-json", csv_img_root="/data"),
+                           ["--csv-img-root applies to --hardneg-format csv only"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HARDIMG_ERRORS))
+def test_hard_image_bad_input(tmp_path, tok, case):
+    make, expected = HARDIMG_ERRORS[case]
+    with pytest.raises(HardNegDataError) as info:
+        build(make(tmp_path), tok)
+    for text in expected:
+        assert text in str(info.value), (text, str(info.value))
+
+
+# ----------------------------------------------------------------------------- CE-CLIP's pickled .npy lists
+
+def ceclip_entry(image_id, valid=(1, 1, 1, 1, 1), **overrides):
+    entry = {"image_id": image_id, "id": 7 * image_id, "caption": f"a photo {image_id}",
+             "relation_aug_caption": f"rel {image_id}" if valid[1] else "###",
+             "adj_aug_caption": f"adj {image_id}", "noun_aug_caption": f"noun {image_id}",
+             "verb_aug_caption": f"verb {image_id}", "valid_caption": list(valid)}
+    entry.update(overrides)
+    return entry
+
+
+def write_npy(path: Path, entries) -> Path:
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.save(f, np.array(entries, dtype=object), allow_pickle=True)
+    return path
+
+
+def ceclip_dir(root: Path) -> Path:
+    """Two .npy splits (as CE-CLIP's generator writes them) and the COCO images they name."""
+    for image_id in (9, 25, 391895):
+        png(root / "coco" / "train2014" / f"COCO_train2014_{image_id:012d}.jpg")
+    write_npy(root / "npy" / "processed_dataset0.npy", [ceclip_entry(9), ceclip_entry(25, valid=(1, 0, 1, 1, 1))])
+    write_npy(root / "npy" / "processed_dataset1.npy", [ceclip_entry(391895)])
+    return root / "npy"
+
+
+def test_ceclip_npy_reads_typed_negatives_and_masks_invalid_ones(tmp_path, tok):
+    args = make_args(ceclip_dir(tmp_path), "ceclip-npy", num_hardneg=4, trust_pickled_data=True,
+                     hardneg_image_root=str(tmp_path / "coco"))
+    info = build(args, tok)
+    dataset = info.dataloader.dataset
+    assert [r.where for r in dataset.records] == [
+        f"{tmp_path / 'npy' / 'processed_dataset0.npy'}, entry 0 (image_id 9)",
+        f"{tmp_path / 'npy' / 'processed_dataset0.npy'}, entry 1 (image_id 25)",
+        f"{tmp_path / 'npy' / 'processed_dataset1.npy'}, entry 0 (image_id 391895)"]
+    assert dataset.records[2].image == str(tmp_path / "coco" / "train2014" / "COCO_train2014_000000391895.jpg")
+    _, tokens = dataset[0]
+    check_tokens(tokens, tok, "a photo 9", ["rel 9", "adj 9", "noun 9", "verb 9"], k=4)
+    _, tokens = dataset[1]  # relation invalid: slot 1 is an all-zero row, the other types keep their slots
+    assert not tokens[1].any()
+    assert torch.equal(tokens[[0, 2, 3, 4]], tok(["a photo 25", "adj 25", "noun 25", "verb 25"]))
+    images, texts = next(iter(info.dataloader))
+    assert tuple(images.shape) == (2, 3, 8, 8) and tuple(texts.shape) == (2, 5, L)
+    custom = make_args(tmp_path / "npy" / "processed_dataset1.npy", "ceclip-npy", trust_pickled_data=True,
+                       num_hardneg=4, batch_size=1, hardneg_image_root=str(tmp_path / "coco" / "train2014"),
+                       ceclip_image_template="COCO_train2014_{:012d}.jpg")
+    assert build(custom, tok).dataloader.dataset.records[0].image.endswith("train2014/COCO_train2014_000000391895.jpg")
+
+
+def _npy_case(tmp_path, entries, **kw):
+    png(tmp_path / "train2014" / "COCO_train2014_000000000001.jpg")
+    path = write_npy(tmp_path / "d" / "part.npy", entries)
+    return make_args(path.parent, "ceclip-npy", **{"trust_pickled_data": True, "num_hardneg": 4, "batch_size": 1,
+                                                   "hardneg_image_root": str(tmp_path), **kw})
+
+
+NPY_ERRORS = {
+    "no trust flag": (lambda p: _npy_case(p, [ceclip_entry(1)], trust_pickled_data=False),
+                      ["unpickling can run any code", "--trust-pickled-data"]),
+    "not found": (lambda p: make_args(p / "nope", "ceclip-npy", trust_pickled_data=True, num_hardneg=4),
+                  ["nope", "not found", "directory of .npy files"]),
+    "no npy files": (lambda p: make_args(p, "ceclip-npy", trust_pickled_data=True, num_hardneg=4),
+                     ["has no .npy files"]),
+    "not npy": (lambda p: make_args((p / "x.npy").write_text("hello") and p / "x.npy", "ceclip-npy",
+                                    trust_pickled_data=True, num_hardneg=4), ["x.npy", "cannot load as a pickled"]),
+    "not a list of dicts": (lambda p: _npy_case(p, [ceclip_entry(1), "text"]),
+                            ["part.npy, entry 1", "expected a dict, got str"]),
+    "missing key": (lambda p: _npy_case(p, [{k: v for k, v in ceclip_entry(1).items() if k != "noun_aug_caption"}]),
+                    ["part.npy, entry 0", "missing key(s) ['noun_aug_caption']"]),
+    "bad mask": (lambda p: _npy_case(p, [ceclip_entry(1, valid_caption=[1, 1, 2, 1, 1])]),
+                 ["part.npy, entry 0 (image_id 1)", "'valid_caption' must be a list of 5 zeros/ones"]),
+    "short mask": (lambda p: _npy_case(p, [ceclip_entry(1, valid_caption=[1, 1])]), ["'valid_caption'"]),
+    "invalid positive": (lambda p: _npy_case(p, [ceclip_entry(1, valid_caption=[0, 1, 1, 1, 1])]),
+                         ["marks the positive caption invalid"]),
+    "valid negative not text": (lambda p: _npy_case(p, [ceclip_entry(1, verb_aug_caption=None)]),
+                                ["entry 0 (image_id 1)", "'verb_aug_caption' must be a non-empty string"]),
+    "bad template": (lambda p: _npy_case(p, [ceclip_entry(1)], ceclip_image_template="{:d}/{:d}.jpg"),
+                     ["--ceclip-image-template"]),
+    "K is not 4": (lambda p: _npy_case(p, [ceclip_entry(1)], num_hardneg=3), ["--num-hardneg must be 4"]),
+    "random sampling": (lambda p: _npy_case(p, [ceclip_entry(1)], hardneg_sampling="random"),
+                        ["--hardneg-sampling random is not supported"]),
+    "fill replace": (lambda p: _npy_case(p, [ceclip_entry(1)], hardneg_fill="replace"),
+                     ["--hardneg-fill replace is not supported"]),
+    "trust flag with csv": (lambda p: _csv_case(p, [_ok(p)], trust_pickled_data=True, batch_size=1),
+                            ["--trust-pickled-data applies to --hardneg-format ceclip-npy only"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NPY_ERRORS))
+def test_ceclip_npy_bad_input(tmp_path, tok, case):
+    make, expected = NPY_ERRORS[case]
+    with pytest.raises(HardNegDataError) as info:
+        build(make(tmp_path), tok)
+    for text in expected:
+        assert text in str(info.value), (text, str(info.value))
+
+
+# ----------------------------------------------------------------------------- more bad input (issue 14, item 10)
+
+def test_utf8_bom_is_accepted_in_json_and_jsonl(tmp_path, tok):
+    png(tmp_path / "0.png")
+    bom = "\ufeff"
+    (tmp_path / "a.json").write_text(bom + json.dumps([GOOD]), encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text(bom + json.dumps(GOOD) + "\n", encoding="utf-8")
+    for name, fmt in (("a.json", "degla-json"), ("a.jsonl", "jsonl")):
+        dataset = build(make_args(tmp_path / name, fmt, batch_size=1), tok).dataloader.dataset
+        check_tokens(dataset[0][1], tok, "cap", ["a", "b"], k=2)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "degla-json", "jsonl", "wds"])
+def test_a_directory_as_train_data_says_so(tmp_path, tok, fmt):
+    with pytest.raises(HardNegDataError) as info:
+        build(make_args(tmp_path, fmt, train_num_samples=2), tok)
+    message = str(info.value)
+    assert f"{tmp_path}: is a directory; --hardneg-format {fmt} expects" in message and "not found" not in message
+
+
+@pytest.mark.parametrize("cut", ["header boundary", "inside a header"])
+def test_a_truncated_shard_is_named(tmp_path, tok, cut):
+    """Cut before the third sample: tarfile reads the first two without any error."""
+    full = write_shard(tmp_path / "full.tar", [wds_sample(f"k{i}") for i in range(4)])
+    with tarfile.open(full) as tar:
+        offset = next(m.offset for m in tar.getmembers() if m.name.startswith("k2."))
+    data = full.read_bytes()[:offset + (0 if cut == "header boundary" else 100)]
+    shard = tmp_path / "shard-000.tar"
+    shard.write_bytes(data)
+    with tarfile.open(shard) as tar:  # the silent failure being guarded against
+        assert {m.name.split(".")[0] for m in tar.getmembers()} == {"k0", "k1"}
+    with pytest.raises(HardNegDataError) as info:
+        build(make_args(shard, "wds", train_num_samples=4), tok)
+    assert str(info.value).startswith(f"{shard}: truncated webdataset shard")
+    assert len(list(build(make_args(full, "wds", train_num_samples=4), tok).dataloader)) == 2

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from open_clip_align.losses import NegCLIPLoss, negclip_logits
+from open_clip_align.losses import DeGLALoss, NegCLIPLoss, negclip_logits
+from open_clip_align.losses.gather import local_rows
+from open_clip_align.losses.negclip import negclip_loss
 
 
 def _features(n=8, k=4, d=16, seed=0):
@@ -82,3 +84,59 @@ def test_gradients_reach_negatives():
     image, text, neg = (t.float().requires_grad_() for t in _features())
     NegCLIPLoss()(image, text, torch.tensor(10.0), neg_text_features=neg).backward()
     assert neg.grad.abs().sum() > 0 and image.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- hard-negative images (spec §8)
+
+def _loop_negclip_hard_images(image, hard_image, text, hard_text, neg, hard_neg, valid, hard_valid, scale):
+    """Spec §8 row by row: images [I ; I_hard] (2N rows), texts [T ; T_hard ; T̄ ; T̄_hard] (negatives
+    image-major); image→text over all texts with target i, text→image over the first 2N texts vs the 2N images."""
+    images = list(image) + list(hard_image)
+    positives = list(text) + list(hard_text)
+    negatives = [neg[n, k] for n in range(len(neg)) for k in range(neg.shape[1]) if valid[n, k]]
+    negatives += [hard_neg[n, k] for n in range(len(hard_neg)) for k in range(hard_neg.shape[1]) if hard_valid[n, k]]
+    texts = positives + negatives
+    i2t = [-(scale * images[i] @ texts[i] - torch.logsumexp(torch.stack([scale * images[i] @ t for t in texts]), 0))
+           for i in range(len(images))]
+    t2i = [-(scale * positives[i] @ images[i]
+             - torch.logsumexp(torch.stack([scale * positives[i] @ v for v in images]), 0))
+           for i in range(len(positives))]
+    return (sum(i2t) / len(i2t) + sum(t2i) / len(t2i)) / 2
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_hard_images_match_the_per_row_formula(k):
+    """K = 1 is NegCLIP's own batch (2B images x 4B texts); K = 3 with padded negatives generalises it."""
+    image, text, neg = _features(n=6, k=k, seed=1)
+    hard_image, hard_text, hard_neg = _features(n=6, k=k, seed=2)
+    g = torch.Generator().manual_seed(5)
+    valid = torch.ones(6, k, dtype=torch.bool) if k == 1 else torch.rand(6, k, generator=g) > 0.3
+    hard_valid = torch.ones(6, k, dtype=torch.bool) if k == 1 else torch.rand(6, k, generator=g) > 0.3
+    scale = torch.tensor(12.0, dtype=torch.float64)
+    got = NegCLIPLoss()(image, text, scale, neg_text_features=neg, neg_text_valid=valid,
+                        hard_image_features=hard_image, hard_text_features=hard_text,
+                        hard_neg_text_features=hard_neg, hard_neg_text_valid=hard_valid, output_dict=True)
+    want = _loop_negclip_hard_images(image, hard_image, text, hard_text, neg, hard_neg, valid, hard_valid, scale)
+    torch.testing.assert_close(got["contrastive_loss"].double(), want, atol=1e-5, rtol=0)
+    without = NegCLIPLoss()(image, text, scale, neg_text_features=neg, neg_text_valid=valid)
+    assert abs(without.item() - want.item()) > 1e-3  # the hard images are not ignored
+
+
+def test_local_rows_partition_the_loss_by_global_rows():
+    """negclip_loss over a partition of the query rows sums to the full loss (each part / the global count),
+    also over the stacked [images ; hard images] layout that --local-loss uses."""
+    image, text, neg = _features(n=8, k=2, seed=3)
+    scale = torch.tensor(9.0, dtype=torch.float64)
+    full = negclip_loss(image, text, neg, None, scale)
+    # 8 rows = [images ; hard images] of a global batch of 4 = 2 ranks x 2
+    parts = [negclip_loss(image, text, neg, None, scale, local_rows(2, rank, 2, copies=2)) for rank in range(2)]
+    assert local_rows(2, 1, 2, copies=2).tolist() == [2, 3, 6, 7]
+    torch.testing.assert_close(sum(parts), full)
+
+
+def test_local_loss_without_gather_with_grad_is_refused_on_several_ranks():
+    for loss in (NegCLIPLoss, DeGLALoss):
+        with pytest.raises(ValueError, match="--local-loss needs --gather-with-grad"):
+            loss(local_loss=True, world_size=2, rank=0)
+        loss(local_loss=True, gather_with_grad=True, world_size=2, rank=0)
+        loss(local_loss=True)  # one process: the local rows are all rows

@@ -1,18 +1,26 @@
 """Hard-negative training data: samples ``(image [3,H,W], tokens LongTensor [1+K, L])``.
 
-Row 0 of ``tokens`` is the positive caption, rows 1..K its hard negatives (all-zero rows are padding).
-Batches are 2-tuples ``(images [B,3,H,W], texts [B,1+K,L])``, so open_clip_train's ``images, texts = batch``
-works unchanged. Formats (``--hardneg-format``): ``csv`` (CSV/TSV with a list-literal column, NegCLIP style),
-``degla-json`` (one JSON array of objects), ``jsonl`` (one object per line) and ``wds`` (webdataset shards
-whose ``.json`` member carries the negatives).
+Row 0 of ``tokens`` is the positive caption, rows 1..K its hard negatives (all-zero rows are padding or
+invalid negatives, which the losses mask). Batches are 2-tuples ``(images [B,3,H,W], texts [B,1+K,L])``, so
+open_clip_train's ``images, texts = batch`` works unchanged. Formats (``--hardneg-format``): ``csv`` (CSV/TSV
+with a list-literal column, NegCLIP style), ``degla-json`` (one JSON array of objects), ``jsonl`` (one object
+per line), ``wds`` (webdataset shards whose ``.json`` member carries the negatives) and ``ceclip-npy``
+(CE-CLIP's pickled ``.npy`` lists of dicts, K = 4 typed negatives with a validity mask).
 
-csv/json/jsonl are validated eagerly, so bad data stops training before it starts; every problem raises
-``HardNegDataError`` naming the file, the row as the user sees it, and the problem. Images that turn out
-to be corrupt are found when loaded. With ``--hardneg-skip-bad-images`` missing images are dropped at
+NegCLIP's hard-negative *images* (``--csv-hardimg-key``): each sample also draws one of its row's
+nearest-neighbour rows and brings that row's image, caption and negatives, so a sample is
+``(images [2,3,H,W], tokens [2,1+K,L])`` (index 0 the sample, 1 its hard image) and batches are
+``(images [B,2,3,H,W], texts [B,2,1+K,L])``; ``HardNegCLIP`` encodes both halves.
+
+csv/json/jsonl/ceclip-npy are validated eagerly, so bad data stops training before it starts; every problem
+raises ``HardNegDataError`` naming the file, the row as the user sees it, and the problem. Images that turn
+out to be corrupt are found when loaded. With ``--hardneg-skip-bad-images`` missing images are dropped at
 construction and unreadable ones are skipped while loading; a process-shared counter collects the skips
 and the loader logs their number in the main process at the end of each epoch.
 """
 import ast
+import dataclasses
+import glob
 import io
 import json
 import logging
@@ -23,8 +31,9 @@ import re
 import warnings
 from dataclasses import dataclass
 from multiprocessing import Value
-from typing import Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 import torch
 import webdataset as wds
@@ -42,10 +51,16 @@ __all__ = [
     "HardNegSelector",
     "SkipCounter",
     "get_hardneg_train_data",
+    "hardneg_flag_error",
     "load_hardneg_records",
 ]
 
-FORMATS = ("csv", "degla-json", "jsonl", "wds")
+FORMATS = ("csv", "degla-json", "jsonl", "wds", "ceclip-npy")
+# CE-CLIP's negative types, in the order of its valid_caption mask after the positive (its data/dataset.py
+# adds them in this order, and the mask follows the dict's key order).
+CECLIP_NEGATIVE_KEYS = ("relation_aug_caption", "adj_aug_caption", "noun_aug_caption", "verb_aug_caption")
+# CE-CLIP's training loader: <root>/train2014/COCO_train2014_<image_id zero-padded to 12>.jpg
+CECLIP_IMAGE_TEMPLATE = "train2014/COCO_train2014_{:012d}.jpg"
 WDS_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Same buffer sizes as open_clip_train's get_wds_dataset.
@@ -76,13 +91,24 @@ def _short(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def _shown(value, limit: int = 80) -> str:
+    """repr() of any parsed value, cut to ``limit`` characters, for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 @dataclass(frozen=True)
 class HardNegRecord:
-    """One validated row: resolved image path, positive caption, all its negatives, where it came from."""
+    """One validated row: resolved image path, positive caption, all its negatives, where it came from.
+
+    A None negative is an invalid one (CE-CLIP's ``valid_caption`` 0): it becomes an all-zero token row.
+    ``hard_images`` are the record indices of its hard-negative images (``--csv-hardimg-key``), else empty.
+    """
     image: str
     caption: str
-    negatives: Tuple[str, ...]
+    negatives: Tuple[Optional[str], ...]
     where: str  # "<file>, line N" / "<file>, entry N (image ...)"
+    hard_images: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,11 +153,12 @@ class HardNegSelector:
         return chosen
 
 
-def _encode(tokenizer, caption: str, negatives: Sequence[str], k: int) -> torch.Tensor:
-    """Tokenize ``[caption, *negatives]`` in one call -> LongTensor [1+K, L]; missing negatives stay 0."""
-    tokens = tokenizer([caption, *negatives])
+def _encode(tokenizer, caption: str, negatives: Sequence[Optional[str]], k: int) -> torch.Tensor:
+    """Tokenize ``[caption, *negatives]`` in one call -> LongTensor [1+K, L]; missing or None negatives stay 0."""
+    rows = [0] + [1 + i for i, neg in enumerate(negatives) if neg is not None]
+    tokens = tokenizer([caption, *(neg for neg in negatives if neg is not None)])
     out = tokens.new_zeros((1 + k, tokens.shape[-1]))
-    out[:tokens.shape[0]] = tokens
+    out[rows] = tokens
     return out
 
 
@@ -145,7 +172,8 @@ def _open_rgb(source) -> Image.Image:
 
 
 def _collate(batch) -> Tuple[torch.Tensor, torch.Tensor]:
-    """[(image [3,H,W], tokens [1+K,L])] * B -> (images [B,3,H,W], texts [B,1+K,L])."""
+    """[(image [3,H,W], tokens [1+K,L])] * B -> (images [B,3,H,W], texts [B,1+K,L]); with hard-negative
+    images [(images [2,3,H,W], tokens [2,1+K,L])] * B -> ([B,2,3,H,W], [B,2,1+K,L])."""
     images, texts = zip(*batch)
     return torch.stack(images), torch.stack(texts)
 
@@ -167,20 +195,22 @@ class SkipCounter:
         return n
 
 
-# ----------------------------------------------------------------------------- map-style (csv/json/jsonl)
+# ----------------------------------------------------------------------------- map-style (csv/json/jsonl/ceclip-npy)
 
-def _parse_list_literal(where: str, key: str, text: str):
-    """Parse a Python list literal (or JSON list) cell; type checks are left to HardNegSelector.problem."""
+def _parse_list_literal(where: str, key: str, text: str, example: str = "['neg 1', 'neg 2']"):
+    """Parse a Python list literal (or JSON list) cell; type checks are left to the caller."""
     for parse in (ast.literal_eval, json.loads):
         try:
             return parse(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
-    _fail(where, f"column {key!r} is not a list literal like ['neg 1', 'neg 2']: {_short(text)}")
+    _fail(where, f"column {key!r} is not a list literal like {example}: {_short(text)}")
 
 
-def _read_csv(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives)`` per non-blank row; ``where`` counts the header as line 1."""
+def _read_csv(path: str, keys: Tuple[str, ...], args) -> Iterator[tuple]:
+    """Yield ``(where, image, caption, negatives, hard_rows)`` per non-blank row; ``where`` counts the header
+    as line 1. ``keys`` = (image, caption, negatives[, hard images]); ``hard_rows`` is the parsed 4th column,
+    else None."""
     sep = args.csv_separator
     try:
         with warnings.catch_warnings():  # more fields than the header: an error, not a silent re-indexing
@@ -196,18 +226,22 @@ def _read_csv(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
     missing = [k for k in keys if k not in df.columns]
     if missing:
         _fail(path, f"missing column(s) {missing}; available columns: {list(df.columns)} "
-                    f"(read with --csv-separator {sep!r}; see --csv-img-key/--csv-caption-key/--csv-hardneg-key)")
+                    f"(read with --csv-separator {sep!r}; see --csv-img-key/--csv-caption-key/--csv-hardneg-key"
+                    f"{'/--csv-hardimg-key' if len(keys) > 3 else ''})")
     blank = df.apply(lambda col: col.str.strip() == "").all(axis=1)
-    image_key, caption_key, hardneg_key = keys
-    for i, (is_blank, image, caption, negatives) in enumerate(
-            zip(blank, df[image_key], df[caption_key], df[hardneg_key])):
+    image_key, caption_key, hardneg_key = keys[:3]
+    hard_cells = df[keys[3]] if len(keys) > 3 else [None] * len(df)
+    for i, (is_blank, image, caption, negatives, hard) in enumerate(
+            zip(blank, df[image_key], df[caption_key], df[hardneg_key], hard_cells)):
         if not is_blank:
             where = f"{path}, line {i + 2}"
-            yield where, image, caption, _parse_list_literal(where, hardneg_key, negatives)
+            if hard is not None:
+                hard = _parse_list_literal(where, keys[3], hard, example="[12, 7]")
+            yield where, image, caption, _parse_list_literal(where, hardneg_key, negatives), hard
 
 
 def _json_entry(where: str, entry, keys: Tuple[str, str, str], template: str) -> tuple:
-    """Check one JSON object and format its image field -> ``(where, image, caption, negatives)``."""
+    """Check one JSON object and format its image field -> ``(where, image, caption, negatives, None)``."""
     if not isinstance(entry, dict):
         _fail(where, f"expected a JSON object, got {_json_type(entry)}")
     missing = [k for k in keys if k not in entry]
@@ -223,13 +257,14 @@ def _json_entry(where: str, entry, keys: Tuple[str, str, str], template: str) ->
         path = template.format(image)
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
         _fail(where, f"--json-image-template {template!r} cannot format {image!r}: {type(e).__name__}: {e}")
-    return where, path, entry[caption_key], entry[hardneg_key]
+    return where, path, entry[caption_key], entry[hardneg_key], None
 
 
 def _read_json(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives)`` per entry of a JSON array (entries numbered from 1)."""
+    """Yield ``(where, image, caption, negatives, None)`` per entry of a JSON array (entries numbered from 1).
+    A UTF-8 byte-order mark is accepted, as for CSV."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         _fail(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
@@ -243,9 +278,10 @@ def _read_json(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
 
 
 def _read_jsonl(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives)`` per non-blank line of a JSON-lines file."""
+    """Yield ``(where, image, caption, negatives, None)`` per non-blank line of a JSON-lines file (a UTF-8
+    byte-order mark is accepted)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             lines = f.readlines()
     except UnicodeDecodeError as e:
         _fail(path, f"not UTF-8 text: {e}")
@@ -257,6 +293,145 @@ def _read_jsonl(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
             except json.JSONDecodeError as e:
                 _fail(where, f"invalid JSON at column {e.colno}: {e.msg}")
             yield _json_entry(where, entry, keys, args.json_image_template)
+
+
+def _ceclip_files(path: str) -> List[str]:
+    """CE-CLIP's data files: every ``*.npy`` of a directory, in name order (the release globs them), or one file."""
+    if not os.path.isdir(path):
+        return [path]
+    files = sorted(glob.glob(os.path.join(glob.escape(path), "*.npy")))
+    if not files:
+        _fail(path, "this directory has no .npy files (--hardneg-format ceclip-npy reads CE-CLIP's "
+                    "processed_dataset*.npy files)")
+    return files
+
+
+def _ceclip_valid(where: str, value) -> List[bool]:
+    """``valid_caption`` [positive, relation, adj, noun, verb] of 0/1 -> validity of the 4 negatives."""
+    size = 1 + len(CECLIP_NEGATIVE_KEYS)
+    if not (isinstance(value, (list, tuple, np.ndarray)) and len(value) == size
+            and all(isinstance(v, (bool, int, np.integer, np.bool_)) and v in (0, 1) for v in value)):
+        _fail(where, f"key 'valid_caption' must be a list of {size} zeros/ones [positive, relation, adj, noun, "
+                     f"verb], got {_shown(value)}")
+    if not value[0]:
+        _fail(where, "key 'valid_caption' marks the positive caption invalid (its first entry is 0)")
+    return [bool(v) for v in value[1:]]
+
+
+def _read_ceclip_npy(path: str, args) -> Iterator[tuple]:
+    """Yield ``(where, image, caption, negatives, None)`` per entry of CE-CLIP's pickled ``.npy`` lists.
+
+    Each entry is a dict with ``image_id`` (formatted by ``--ceclip-image-template``; or ``image_path``, the
+    release's non-COCO variant), ``caption``, the four ``*_aug_caption`` negatives in type order and
+    ``valid_caption``; a negative marked 0 is yielded as None. Entries are numbered from 0 (the list index).
+    """
+    template = args.ceclip_image_template or CECLIP_IMAGE_TEMPLATE
+    for file in _ceclip_files(path):
+        try:
+            data = np.load(file, allow_pickle=True)
+        except Exception as e:  # unpickling fails in many ways: not .npy, truncated, unknown classes
+            _fail(file, f"cannot load as a pickled .npy list: {type(e).__name__}: {e}")
+        if not (isinstance(data, np.ndarray) and data.dtype == object and data.ndim == 1):
+            _fail(file, f"expected a saved list of dicts (a 1-D object array), got {type(data).__name__} "
+                        f"{getattr(data, 'dtype', '')} of shape {getattr(data, 'shape', '?')}")
+        for i, entry in enumerate(data.tolist()):
+            where = f"{file}, entry {i}"
+            if not isinstance(entry, dict):
+                _fail(where, f"expected a dict, got {type(entry).__name__}")
+            missing = [k for k in ("caption", *CECLIP_NEGATIVE_KEYS, "valid_caption") if k not in entry]
+            if "image_id" not in entry and "image_path" not in entry:
+                missing.insert(0, "image_id")
+            if missing:
+                _fail(where, f"missing key(s) {missing}; keys: {sorted(map(str, entry))}")
+            if "image_id" in entry:
+                image_id = entry["image_id"]
+                where = f"{where} (image_id {image_id!r})"
+                if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer, str)):
+                    _fail(where, f"key 'image_id' must be an integer or a string, got {type(image_id).__name__}")
+                try:
+                    image = template.format(image_id)
+                except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+                    _fail(where, f"--ceclip-image-template {template!r} cannot format {image_id!r}: "
+                                 f"{type(e).__name__}: {e}")
+            else:
+                image = entry["image_path"]
+                if not isinstance(image, str):
+                    _fail(where, f"key 'image_path' must be a string, got {type(image).__name__}")
+            negatives = []
+            for key, ok in zip(CECLIP_NEGATIVE_KEYS, _ceclip_valid(where, entry["valid_caption"])):
+                text = entry[key]
+                if ok and (not isinstance(text, str) or not text.strip()):
+                    _fail(where, f"key {key!r} must be a non-empty string (valid_caption marks it valid), "
+                                 f"got {_shown(text)}")
+                negatives.append(text if ok else None)
+            yield where, image, entry["caption"], negatives, None
+
+
+def _csv_image_rebaser(spec: str, images: Sequence[str], path: str) -> Callable[[str, str], str]:
+    """``--csv-img-root`` for absolute image paths written on another machine (NegCLIP's TSV).
+
+    ``NEW``: the longest directory every absolute path shares is replaced by NEW (``/x/coco/train2014/a.jpg``
+    and ``/x/coco/val2014/b.jpg`` become ``NEW/train2014/a.jpg`` and ``NEW/val2014/b.jpg``). ``OLD=NEW``: the
+    prefix OLD is replaced by NEW; an absolute path outside OLD is an error naming its row. A relative NEW is
+    taken from the working directory. Relative paths in the file are left alone (they resolve against
+    --hardneg-image-root or the file's folder). Returns ``rebase(image, where) -> image``.
+    """
+    absolute = [os.path.normpath(i) for i in images if os.path.isabs(i)]
+    if not absolute:
+        _fail(path, f"--csv-img-root {spec!r} rebases absolute image paths, but this file has none (relative "
+                    f"paths resolve against --hardneg-image-root)")
+    if "=" in spec:
+        old, new = spec.split("=", 1)
+        if not os.path.isabs(old) or not new:
+            _fail(path, f"--csv-img-root OLD=NEW needs an absolute prefix OLD and a root NEW, got {spec!r}")
+        old = os.path.normpath(old)
+    else:
+        old, new = os.path.commonpath([os.path.dirname(i) for i in absolute]), spec
+        if os.path.dirname(old) == old:  # the filesystem root: the paths share no directory
+            top = absolute[0].split(os.sep)[1]
+            other = next(i for i in absolute if i.split(os.sep)[1] != top)
+            _fail(path, f"--csv-img-root {spec!r}: the absolute image paths share no directory (e.g. "
+                        f"{absolute[0]!r} and {other!r}); say which prefix to replace with --csv-img-root OLD=NEW")
+    new = os.path.abspath(new)
+    logging.info(f"--csv-img-root: absolute image paths under {old} resolve under {new}")
+
+    def rebase(image: str, where: str) -> str:
+        if not os.path.isabs(image):
+            return image
+        rel = os.path.relpath(os.path.normpath(image), old)
+        if rel == os.curdir or rel.split(os.sep, 1)[0] == os.pardir:
+            _fail(where, f"image path {image!r} is not under {old!r} (--csv-img-root {spec!r})")
+        return os.path.join(new, rel)
+
+    return rebase
+
+
+def _hard_image_rows(where: str, key: str, value, n_rows: int) -> Tuple[int, ...]:
+    """Check a parsed ``--csv-hardimg-key`` cell: a non-empty list of 0-based data-row indices."""
+    if not isinstance(value, list) or not value:
+        _fail(where, f"{key!r} must be a non-empty list of row indices like [12, 7], got {_shown(value)}")
+    for i, row in enumerate(value, 1):
+        if isinstance(row, bool) or not isinstance(row, int):
+            _fail(where, f"item {i} of {key!r} is a {_json_type(row)}, expected a row index")
+        if not 0 <= row < n_rows:
+            _fail(where, f"item {i} of {key!r} is row {row}, outside the file's {n_rows} data rows "
+                         f"(0 is the first row after the header)")
+    return tuple(value)
+
+
+def _keep_records(records: List[HardNegRecord], keep: List[bool]) -> List[HardNegRecord]:
+    """The records marked in ``keep``, hard-image indices renumbered. A row whose hard-negative images were
+    all dropped is dropped too (repeatedly: dropping it can strand another row)."""
+    keep = list(keep)
+    changed = True
+    while changed:
+        changed = False
+        for i, r in enumerate(records):
+            if keep[i] and r.hard_images and not any(keep[h] for h in r.hard_images):
+                keep[i], changed = False, True
+    index = {old: new for new, old in enumerate(i for i, k in enumerate(keep) if k)}
+    return [dataclasses.replace(r, hard_images=tuple(index[h] for h in r.hard_images if h in index))
+            for r, k in zip(records, keep) if k]
 
 
 def _existing_images(records: List[HardNegRecord], skip: bool) -> List[HardNegRecord]:
@@ -272,44 +447,83 @@ def _existing_images(records: List[HardNegRecord], skip: bool) -> List[HardNegRe
             f"Check --hardneg-image-root, or pass --hardneg-skip-bad-images to skip these rows")
     logging.warning(f"Skipping {len(missing)} of {len(records)} rows whose image file is missing "
                     f"(--hardneg-skip-bad-images): {examples}")
-    return [r for r, ok in zip(records, exists) if ok]
+    kept = _keep_records(records, exists)
+    stranded = len(records) - len(missing) - len(kept)
+    if stranded:
+        logging.warning(f"Skipping {stranded} more rows whose every hard-negative image is missing")
+    return kept
+
+
+_EXPECTED_INPUT = {"csv": "a CSV/TSV file", "degla-json": "a JSON file holding one array of objects",
+                   "jsonl": "a JSON-lines file", "wds": "webdataset shard files, e.g. 'shards/{000000..000099}.tar'"}
+
+
+def _check_train_path(path: str, fmt: str) -> None:
+    """A missing ``--train-data``, or a directory where a file is expected, stops with what was expected."""
+    if fmt == "ceclip-npy":
+        if not os.path.exists(path):
+            _fail(path, "not found (--hardneg-format ceclip-npy expects CE-CLIP's directory of .npy files, or one "
+                        ".npy file)")
+    elif os.path.isdir(path):
+        _fail(path, f"is a directory; --hardneg-format {fmt} expects {_EXPECTED_INPUT[fmt]} as --train-data "
+                    f"(only --hardneg-format ceclip-npy reads a directory)")
+    elif not os.path.isfile(path):
+        _fail(path, "train data file not found")
 
 
 def load_hardneg_records(args, selector: HardNegSelector) -> List[HardNegRecord]:
-    """Read and validate ``args.train_data`` (csv, degla-json or jsonl) into records; raises HardNegDataError."""
-    path = args.train_data
+    """Read and validate ``args.train_data`` (csv, degla-json, jsonl or ceclip-npy) into records; raises
+    HardNegDataError."""
+    path, fmt = args.train_data, args.hardneg_format
     if not path:
-        raise HardNegDataError(f"--hardneg-format {args.hardneg_format} needs --train-data")
-    if not os.path.isfile(path):
-        _fail(path, "train data file not found")
-    if args.hardneg_format == "csv":
-        keys, reader = (args.csv_img_key, args.csv_caption_key, args.csv_hardneg_key), _read_csv
+        raise HardNegDataError(f"--hardneg-format {fmt} needs --train-data")
+    _check_train_path(path, fmt)
+    hardimg_key = args.csv_hardimg_key if fmt == "csv" else None
+    if fmt == "csv":
+        keys = (args.csv_img_key, args.csv_caption_key, args.csv_hardneg_key) + ((hardimg_key,) if hardimg_key else ())
+        rows = list(_read_csv(path, keys, args))
+    elif fmt == "ceclip-npy":
+        if not args.trust_pickled_data:
+            _fail(path, "--hardneg-format ceclip-npy unpickles these .npy files, and unpickling can run any code "
+                        "stored in them; pass --trust-pickled-data if you trust their source (e.g. CE-CLIP's release)")
+        keys = ("image_id", "caption", "valid_caption")
+        rows = list(_read_ceclip_npy(path, args))
     else:
         keys = (args.json_image_key, args.json_caption_key, args.json_hardneg_key)
-        reader = _read_json if args.hardneg_format == "degla-json" else _read_jsonl
-    root = args.hardneg_image_root or os.path.dirname(os.path.abspath(path))
+        rows = list((_read_json if fmt == "degla-json" else _read_jsonl)(path, keys, args))
+    if not rows:
+        _fail(path, "no data rows")
+    root = args.hardneg_image_root or (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    rebase = _csv_image_rebaser(args.csv_img_root, [r[1] for r in rows], path) if fmt == "csv" and args.csv_img_root \
+        else None
     records = []
-    for where, image, caption, negatives in reader(path, keys, args):
+    for where, image, caption, negatives, hard in rows:
         if not image.strip():
             _fail(where, f"empty image path in {keys[0]!r}")
         if not isinstance(caption, str):
             _fail(where, f"positive caption {keys[1]!r} must be a string, got {_json_type(caption)}")
         if not caption.strip():
             _fail(where, f"empty positive caption in {keys[1]!r}")
-        problem = selector.problem(negatives, keys[2])
-        if problem:
-            _fail(where, problem)
-        records.append(HardNegRecord(os.path.join(root, image), caption, tuple(negatives), where))
-    if not records:
-        _fail(path, "no data rows")
+        if fmt != "ceclip-npy":  # ceclip-npy negatives are checked against their valid_caption mask when read
+            problem = selector.problem(negatives, keys[2])
+            if problem:
+                _fail(where, problem)
+        if rebase is not None:
+            image = rebase(image, where)
+        hard_images = _hard_image_rows(where, hardimg_key, hard, len(rows)) if hardimg_key else ()
+        records.append(HardNegRecord(os.path.join(root, image), caption, tuple(negatives), where, hard_images))
     return _existing_images(records, args.hardneg_skip_bad_images)
 
 
 class HardNegDataset(Dataset):
-    """Map-style dataset over validated records; item -> (image [3,H,W], tokens LongTensor [1+K, L]).
+    """Map-style dataset over validated records; item -> (image [3,H,W], tokens LongTensor [1+K, L]), or with
+    hard-negative images (records with ``hard_images``) -> (images [2,3,H,W], tokens [2,1+K,L]).
 
-    With ``skip_bad_images`` an unreadable image is counted in ``skipped`` and the sample is replaced by the
-    next readable row, so batches keep their full size (DDP gathers need equal batch sizes on all ranks).
+    A hard-negative image is one of the record's ``hard_images`` rows drawn at random, seeded by (seed, epoch,
+    row) like the negatives; it brings that row's image, caption and K of its negatives. With
+    ``skip_bad_images`` an unreadable image is counted in ``skipped`` and the sample is replaced by the next
+    readable row (an unreadable hard image by another of the row's candidates), so batches keep their full
+    size (DDP gathers need equal batch sizes on all ranks).
     """
 
     def __init__(self, records: Sequence[HardNegRecord], transform, tokenizer, selector: HardNegSelector,
@@ -327,27 +541,49 @@ class HardNegDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, idx: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Row idx -> (image [3,H,W], tokens LongTensor [1+K, L]); a skipped row yields the next readable one."""
+        """Row idx -> (image, tokens) as above; a skipped row yields the next readable one."""
         n = len(self.records)
         for j in ((idx + offset) % n for offset in range(n)):
-            image = self._image(j)
-            if image is not None:
-                record = self.records[j]
-                negatives = self.selector.select(record.negatives, self.shared_epoch.get_value(), j)
-                return self.transform(image), _encode(self.tokenizer, record.caption, negatives, self.selector.k)
+            sample = self._sample(j)
+            if sample is not None:
+                return sample
             if j == idx:
                 self.skipped.add()
         raise HardNegDataError(f"{self.records[idx].where}: no row of the train data has a readable image")
 
-    def _image(self, j: int) -> Optional[Image.Image]:
-        """RGB image of row j; None if it is unreadable and skipping is on, else HardNegDataError."""
+    def _sample(self, j: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Row j's (image [3,H,W], tokens [1+K,L]), or with hard images ([2,3,H,W], [2,1+K,L]); None if skipped."""
+        image = self._image(j)
+        if image is None:
+            return None
+        record, epoch = self.records[j], self.shared_epoch.get_value()
+        tokens = _encode(self.tokenizer, record.caption, self.selector.select(record.negatives, epoch, j),
+                         self.selector.k)
+        if not record.hard_images:
+            return self.transform(image), tokens
+        order = list(record.hard_images)
+        random.Random(f"{self.selector.seed}/{epoch}/{j}/hard").shuffle(order)
+        for h in order:
+            hard_image = self._image(h, of=record)
+            if hard_image is not None:
+                hard = self.records[h]
+                hard_tokens = _encode(self.tokenizer, hard.caption,
+                                      self.selector.select(hard.negatives, epoch, f"{j}/hard/{h}"), self.selector.k)
+                return (torch.stack([self.transform(image), self.transform(hard_image)]),
+                        torch.stack([tokens, hard_tokens]))
+        return None
+
+    def _image(self, j: int, of: Optional[HardNegRecord] = None) -> Optional[Image.Image]:
+        """RGB image of row j (``of``: the row it is the hard-negative image of); None if it is unreadable and
+        skipping is on, else HardNegDataError."""
         if j in self._unreadable:
             return None
         record = self.records[j]
         try:
             return _open_rgb(record.image)
         except _SkippableSample as e:
-            message = f"{record.where}: {e} ({record.image})"
+            role = f", the hard-negative image of {of.where}" if of is not None else ""
+            message = f"{record.where}: {e} ({record.image}{role})"
             if not self.skip_bad_images:
                 raise HardNegDataError(message) from None
             logging.debug(f"Skipping sample: {message}")
@@ -487,6 +723,33 @@ class _WdsSamples:
         return self.transform(image), _encode(self.tokenizer, caption, negatives, self.selector.k)
 
 
+_TAR_BLOCK = 512
+
+
+def _truncated_shard(path: str) -> Optional[str]:
+    """Why a local tar shard is truncated, or None.
+
+    A tar archive ends with two zero blocks after its last member and is a whole number of 512-byte blocks.
+    Python's tarfile (so webdataset) reads a shard cut at or inside a member header as a shorter shard
+    without any error, and ``with_epoch`` would fill the epoch by repeating the samples it has; so the end
+    is checked here instead. Only uncompressed POSIX (ustar/GNU/pax) tars are checked; compressed shards
+    raise their own error when cut. (Members ending in 1 KiB of zero bytes could hide a cut; images, text and
+    JSON do not.)
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(_TAR_BLOCK)
+        if head[257:262] != b"ustar":  # not an uncompressed POSIX tar: nothing to check here
+            return None
+        if size % _TAR_BLOCK:
+            return f"{size} bytes is not a whole number of {_TAR_BLOCK}-byte tar blocks"
+        f.seek(max(0, size - 2 * _TAR_BLOCK))
+        tail = f.read()
+    if len(tail) < 2 * _TAR_BLOCK or tail.count(0) != len(tail):
+        return "it does not end with tar's end-of-archive blocks"
+    return None
+
+
 def _wds_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelector) -> DataInfo:
     """Webdataset pipeline mirroring open_clip_train's get_wds_dataset (training path)."""
     if not args.train_data:
@@ -495,9 +758,18 @@ def _wds_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelec
     if not num_samples:
         raise HardNegDataError("--hardneg-format wds needs --train-num-samples (samples per epoch)")
     urls = expand_urls(args.train_data)[0]
-    missing = [u for u in urls if not re.match(r"^[a-zA-Z][\w+.-]*:", u) and not os.path.isfile(u)]
+    local = [u for u in urls if not re.match(r"^[a-zA-Z][\w+.-]*:", u)]
+    folders = [u for u in local if os.path.isdir(u)]
+    if folders:
+        _fail(folders[0], f"is a directory; --hardneg-format wds expects {_EXPECTED_INPUT['wds']} as --train-data")
+    missing = [u for u in local if not os.path.isfile(u)]
     if missing:
         raise HardNegDataError(f"webdataset shard(s) not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    for url in local:
+        problem = _truncated_shard(url)
+        if problem:
+            _fail(url, f"truncated webdataset shard: {problem} (an interrupted copy or write?); it would be read "
+                       f"as a shorter shard without error. Re-create or re-copy it, or leave it out of --train-data")
     resampled = getattr(args, "dataset_resampled", False)
     weights = getattr(args, "train_data_upsampling_factors", None)
     if weights is not None and not resampled:
@@ -539,24 +811,62 @@ def _wds_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelec
 
 # ----------------------------------------------------------------------------- entry point
 
+def hardneg_flag_error(args) -> Optional[str]:
+    """A one-line refusal for hard-negative flags that ``--hardneg-format``/``--loss`` would ignore, or None.
+
+    ``args`` needs ``hardneg_format``, ``loss`` and the plugin's hard-negative flags (the pre-parser's namespace
+    is enough, so this can run before any data is read).
+    """
+    fmt = args.hardneg_format
+    only = (("--csv-hardimg-key", args.csv_hardimg_key, "csv"), ("--csv-img-root", args.csv_img_root, "csv"),
+            ("--trust-pickled-data", args.trust_pickled_data or None, "ceclip-npy"),
+            ("--ceclip-image-template", args.ceclip_image_template, "ceclip-npy"))
+    for flag, value, needed in only:
+        if value is not None and fmt != needed:
+            return f"{flag} applies to --hardneg-format {needed} only (got --hardneg-format {fmt})"
+    if args.csv_hardimg_key is not None and args.loss != "negclip":
+        return (f"--csv-hardimg-key (NegCLIP's hard-negative images) is used by --loss negclip only; --loss "
+                f"{args.loss} would ignore the extra images")
+    if fmt == "ceclip-npy":
+        if args.num_hardneg != len(CECLIP_NEGATIVE_KEYS):
+            return (f"--hardneg-format ceclip-npy has {len(CECLIP_NEGATIVE_KEYS)} negatives per caption (relation, "
+                    f"adjective, noun, verb); --num-hardneg must be {len(CECLIP_NEGATIVE_KEYS)}, "
+                    f"got {args.num_hardneg}")
+        if args.hardneg_sampling == "random":
+            return ("--hardneg-format ceclip-npy keeps each negative type in its slot (CE-CLIP's rank loss has one "
+                    "margin per type); --hardneg-sampling random is not supported")
+        if args.hardneg_fill == "replace":
+            return ("--hardneg-format ceclip-npy masks the negatives its valid_caption marks invalid (empty token "
+                    "rows); --hardneg-fill replace is not supported")
+    return None
+
+
 def get_hardneg_train_data(args, preprocess_fn, tokenizer, epoch: int = 0) -> DataInfo:
     """The ``train`` DataInfo for ``--hardneg-format`` != none.
 
-    Batches are ``(images [B,3,H,W], texts LongTensor [B,1+K,L])``; ``dataloader.num_samples`` and
-    ``dataloader.num_batches`` are set. ``tokenizer`` maps list[str] -> LongTensor [n, L].
-    Raises HardNegDataError for bad flags or data (csv/json/jsonl are checked here, before training).
+    Batches are ``(images [B,3,H,W], texts LongTensor [B,1+K,L])`` (with ``--csv-hardimg-key``
+    ``([B,2,3,H,W], [B,2,1+K,L])``); ``dataloader.num_samples`` and ``dataloader.num_batches`` are set.
+    ``tokenizer`` maps list[str] -> LongTensor [n, L]. Raises HardNegDataError for bad flags or data
+    (csv/json/jsonl/ceclip-npy are checked here, before training; wds shards' presence and ends).
     """
     if args.hardneg_format not in FORMATS:
         raise HardNegDataError(f"--hardneg-format {args.hardneg_format!r} is not a hard-negative format; "
                                f"expected one of {list(FORMATS)}")
     if args.num_hardneg < 1:
         raise HardNegDataError(f"--num-hardneg must be at least 1, got {args.num_hardneg}")
-    selector = HardNegSelector(
-        k=args.num_hardneg,
-        sampling=args.hardneg_sampling or ("random" if args.hardneg_format == "csv" else "first"),
-        fill=args.hardneg_fill,
-        seed=args.seed,
-    )
+    problem = hardneg_flag_error(args)
+    if problem:
+        raise HardNegDataError(problem)
+    if args.hardneg_format == "ceclip-npy":
+        # CE-CLIP's 4 typed negatives stay in their slots (CMR's margins are per slot); invalid ones are padding
+        selector = HardNegSelector(k=args.num_hardneg, sampling="first", fill="pad", seed=args.seed)
+    else:
+        selector = HardNegSelector(
+            k=args.num_hardneg,
+            sampling=args.hardneg_sampling or ("random" if args.hardneg_format == "csv" else "first"),
+            fill=args.hardneg_fill,
+            seed=args.seed,
+        )
     if args.hardneg_format == "wds":
         return _wds_data(args, preprocess_fn, tokenizer, epoch, selector)
     return _map_style_data(args, preprocess_fn, tokenizer, epoch, selector)

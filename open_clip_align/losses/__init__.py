@@ -37,7 +37,9 @@ def _degla(args):
 def _ceclip(args):
     return CEClipLoss(imc_weight=args.ceclip_imc_weight, cmr_weight=args.ceclip_cmr_weight,
                       imc_mode=args.ceclip_imc_mode, threshold_type=args.ceclip_threshold_type,
-                      fixed_threshold=args.ceclip_fixed_threshold, upper_bound=args.ceclip_upper_bound, **_dist(args))
+                      fixed_threshold=args.ceclip_fixed_threshold, upper_bound=args.ceclip_upper_bound,
+                      threshold_from=args.ceclip_threshold_from, cmr_average=args.ceclip_cmr_average,
+                      accum_freq=args.accum_freq, **_dist(args))
 
 
 @register_loss("comalign")

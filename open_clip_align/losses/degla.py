@@ -14,13 +14,20 @@ ignores). All features are L2-normalised; s is the student's (exp'ed) logit scal
 IGC is read off the base logits (no extra matmul); TGC is an (N, 1+K) gather instead of the reference's
 masked N × N(1+K) matrix. Every block is gathered across ranks separately, so 1 and N processes give the same
 values (the local slot carries the gradient).
+
+``--local-loss`` (with ``--gather-with-grad`` on several ranks) keeps the terms' balance (spec §4): a rank
+computes every term on its own rows only, the cross-entropy terms as sums over those rows divided by the
+*global* N, distill as the sum over them (``mean``: divided by the global vector count). Each rank's terms
+are then its share of the global terms, the shares sum to them, and so do their gradients: the gradient that
+reaches a rank's features is exactly the single-process gradient on the concatenated batch, for every term,
+and DDP's mean over W ranks scales all terms alike. Logged values are this rank's share (about 1/W).
 """
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .gather import gather_blocks
+from .gather import check_local_loss, gather_blocks, local_rows
 
 TGC_MODES = ("fixed", "reference")
 DISTILL_REDUCTIONS = ("sum", "mean")
@@ -33,6 +40,14 @@ def tgc_reference_columns(n: int, k: int, device=None) -> torch.Tensor:
     (spec §2.4). The interleaved (correct) map would be ``i*K + k``.
     """
     return torch.arange(k, device=device).unsqueeze(0) * n + torch.arange(n, device=device).unsqueeze(1)
+
+
+def distill_vector_count(n: int, k: int, valid: Optional[torch.Tensor], negatives: bool) -> int:
+    """Vectors the distill term sums over: N images, N positives and (with ``negatives``) the valid negatives;
+    ``valid [N,K]`` bool (None: all N*K)."""
+    if not negatives:
+        return 2 * n
+    return 2 * n + (int(valid.sum()) if valid is not None else n * k)
 
 
 def _mask_negatives(logits: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
@@ -95,13 +110,12 @@ def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scal
             raise ValueError(f"--degla-distill-reduction must be one of {DISTILL_REDUCTIONS}, got {distill_reduction!r}")
         total = (q_image - pick(teacher_image).detach()).pow(2).sum() \
             + (q_text - pick(teacher_text).detach()).pow(2).sum()
-        count = 2 * len(rows)
         if distill_negatives:
             per_vector = (pick(neg) - pick(teacher_neg).detach()).pow(2).sum(-1)  # [R, K]
             if valid is not None:
                 per_vector = per_vector * pick(valid)
             total = total + per_vector.sum()
-            count += int(pick(valid).sum()) if valid is not None else len(rows) * k
+        count = distill_vector_count(len(rows), k, pick(valid), distill_negatives)
         terms["distill"] = total if distill_reduction == "sum" else total / count
     return terms
 
@@ -126,6 +140,7 @@ class DeGLALoss(torch.nn.Module):
                             ("--degla-distill-weight", distill_weight), ("--degla-tgc-scale", tgc_scale)):
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0, got {value}")
+        check_local_loss(local_loss, gather_with_grad, world_size)
         self.igc_weight, self.tgc_weight, self.distill_weight = igc_weight, tgc_weight, distill_weight
         self.tgc_scale, self.tgc_mode = tgc_scale, tgc_mode
         self.distill_reduction, self.distill_negatives = distill_reduction, distill_negatives
@@ -145,7 +160,9 @@ class DeGLALoss(torch.nn.Module):
                 teacher_image_features: Optional[torch.Tensor] = None,
                 teacher_text_features: Optional[torch.Tensor] = None,
                 teacher_neg_text_features: Optional[torch.Tensor] = None,
-                output_dict: bool = False, **unused):
+                hard_image_features: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
+        if hard_image_features is not None:
+            raise ValueError("hard-negative images (--csv-hardimg-key) are used by --loss negclip only")
         with torch.autocast(device_type=image_features.device.type, enabled=False):  # all terms in fp32
             out = self._terms(image_features, text_features, logit_scale, neg_text_features, neg_text_valid,
                               teacher_image_features, teacher_text_features, teacher_neg_text_features)
@@ -154,15 +171,14 @@ class DeGLALoss(torch.nn.Module):
     def _terms(self, image_features, text_features, logit_scale, neg_text_features, neg_text_valid,
                teacher_image_features, teacher_text_features, teacher_neg_text_features) -> Dict[str, torch.Tensor]:
         batch = image_features.shape[0]
-        rows = None
-        if self.local_loss:
-            rows = torch.arange(batch, device=image_features.device) + batch * self.rank
+        rows = local_rows(batch, self.rank, self.world_size, device=image_features.device) if self.local_loss else None
+        share = 1.0 / self.world_size if self.local_loss else 1.0  # mean over B local rows -> sum / global N
         if neg_text_features is None:  # 2-D text: plain CLIP InfoNCE (K = 0)
             image, text = self._gather(image_features.float(), text_features.float())
             empty = text.new_zeros(len(text), 0, text.shape[-1])
             base = degla_terms(image, text, empty, logit_scale.float(), rows=rows, need_tgc=False,
                                need_distill=False)["base"]
-            return {"contrastive_loss": base}
+            return {"contrastive_loss": share * base}
         if self.needs_teacher and (teacher_image_features is None or teacher_text_features is None
                                    or teacher_neg_text_features is None):
             raise ValueError("--loss degla with --degla-tgc-weight/--degla-distill-weight > 0 needs the EMA "
@@ -173,8 +189,14 @@ class DeGLALoss(torch.nn.Module):
         image, text, neg, valid, t_image, t_text, t_neg = self._gather(*blocks)
         terms = degla_terms(image, text, neg, logit_scale.float(), t_image, t_text, t_neg, valid, rows=rows,
                             tgc_scale=self.tgc_scale, tgc_mode=self.tgc_mode,
-                            distill_reduction=self.distill_reduction, distill_negatives=self.distill_negatives,
+                            distill_reduction="sum" if self.local_loss else self.distill_reduction,
+                            distill_negatives=self.distill_negatives,
                             need_tgc=self.tgc_weight > 0, need_distill=self.distill_weight > 0)
+        if self.local_loss:  # this rank's share of each global term (spec §4)
+            terms.update({name: share * terms[name] for name in ("base", "igc", "tgc") if name in terms})
+            if "distill" in terms and self.distill_reduction == "mean":
+                n, k = neg.shape[:2]
+                terms["distill"] = terms["distill"] / distill_vector_count(n, k, valid, self.distill_negatives)
         zero = terms["base"].new_zeros(())
         return {"contrastive_loss": terms["base"], "igc_loss": self.igc_weight * terms["igc"],
                 "tgc_loss": self.tgc_weight * terms["tgc"] if "tgc" in terms else zero,

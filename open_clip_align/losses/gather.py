@@ -33,3 +33,23 @@ def gather_blocks(*blocks: Optional[torch.Tensor], rank: int = 0, world_size: in
     for i, g in zip(present, gathered):
         out[i] = g.bool() if blocks[i].dtype == torch.bool else g
     return out
+
+
+def check_local_loss(local_loss: bool, gather_with_grad: bool, world_size: int) -> None:
+    """Refuse ``--local-loss`` without ``--gather-with-grad`` on several ranks (ValueError naming both flags).
+
+    With ``--local-loss`` a rank scores only its own rows, against the gathered columns. Other ranks' rows also
+    depend on this rank's features (as their columns); only a gather with grad sends those gradients back, so
+    without it the gradient is not the loss's gradient (the contrastive terms lose their cross-rank part).
+    """
+    if local_loss and world_size > 1 and not gather_with_grad:
+        raise ValueError("--local-loss needs --gather-with-grad on several processes: each rank scores only its "
+                         "own rows, and only a gather with grad returns the gradient that other ranks' rows send "
+                         "to this rank's features (add --gather-with-grad, or drop --local-loss)")
+
+
+def local_rows(batch: int, rank: int, world_size: int, copies: int = 1, device=None) -> torch.Tensor:
+    """This rank's rows in a gathered layout of ``copies`` stacked blocks of ``world_size * batch`` rows each
+    (e.g. NegCLIP's [images ; hard-negative images]) -> LongTensor [copies * batch]."""
+    own = torch.arange(batch, device=device) + batch * rank
+    return torch.cat([own + c * world_size * batch for c in range(copies)])

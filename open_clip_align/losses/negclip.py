@@ -6,15 +6,24 @@ With N the global batch and K negatives per image, the text pool is image-major,
     L = ½ [ CE(s · V Pᵀ, arange(N))  +  CE(s · T Vᵀ, arange(N)) ]
 
 image→text over all N(1+K) texts; text→image over the N positives only (negatives are never queries).
-Invalid (padded) negatives get logit −inf. Positives and negatives are gathered across ranks separately,
-so the layout, and therefore the value, is the same on 1 or N processes.
+Invalid (padded) negatives get logit −inf.
+
+With NegCLIP's hard-negative images (``hard_*`` features: each sample's nearest-neighbour image with its own
+caption and negatives) the image set doubles (spec degla.md §8): images ``[I ; I_hard]`` (2N), positives
+``[T ; T_hard]``, negatives ``[T̄ ; T̄_hard]``, i.e. the same loss over 2N samples; with K = 1 the texts are
+NegCLIP's ``[T ; T_hard ; T̄ ; T̄_hard]`` (4N) and the targets arange(2N).
+
+Every block (images, positives, negatives, masks, and each hard-image block) is gathered across ranks on its
+own, so the layout, and therefore the value, is the same on 1 or N processes. With ``--local-loss`` (which
+needs ``--gather-with-grad`` on several ranks) a rank scores its own rows and divides by the *global* row
+count, so the ranks' losses sum to the global loss and its gradient.
 """
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .gather import gather_blocks
+from .gather import check_local_loss, gather_blocks, local_rows
 
 
 def negclip_logits(image: torch.Tensor, text: torch.Tensor, neg: Optional[torch.Tensor],
@@ -32,15 +41,33 @@ def negclip_logits(image: torch.Tensor, text: torch.Tensor, neg: Optional[torch.
     return logits
 
 
+def negclip_loss(image: torch.Tensor, text: torch.Tensor, neg: Optional[torch.Tensor],
+                 valid: Optional[torch.Tensor], scale: torch.Tensor,
+                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NegCLIP loss on global features: image, text [M,D]; neg [M,K,D]; valid [M,K] bool (None: all valid).
+
+    ``rows`` (default all M) are the query rows; the sum of their row losses is divided by M, so the losses
+    over a partition of the rows add up to the full loss.
+    """
+    rows = torch.arange(image.shape[0], device=image.device) if rows is None else rows
+    logits_per_image = negclip_logits(image[rows], text, neg, valid, scale)
+    logits_per_text = scale * text[rows] @ image.T
+    total = F.cross_entropy(logits_per_image, rows, reduction="sum") \
+        + F.cross_entropy(logits_per_text, rows, reduction="sum")
+    return total / (2 * image.shape[0])
+
+
 class NegCLIPLoss(torch.nn.Module):
     """NegCLIP hard-negative contrastive loss (``--loss negclip``); returns ``{"contrastive_loss"}``.
 
-    Without ``neg_text_features`` (e.g. the validation loop's 2-D text) it is plain CLIP InfoNCE.
+    Without ``neg_text_features`` (e.g. the validation loop's 2-D text) it is plain CLIP InfoNCE. With the
+    ``hard_*`` features it is the doubled-image-set loss of the module docstring.
     """
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0,
                  world_size: int = 1, use_horovod: bool = False):
         super().__init__()
+        check_local_loss(local_loss, gather_with_grad, world_size)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.rank = rank
@@ -53,29 +80,29 @@ class NegCLIPLoss(torch.nn.Module):
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
-                output_dict: bool = False, **unused):
+                hard_image_features: Optional[torch.Tensor] = None, hard_text_features: Optional[torch.Tensor] = None,
+                hard_neg_text_features: Optional[torch.Tensor] = None,
+                hard_neg_text_valid: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
+        sets = [(image_features, text_features, neg_text_features, neg_text_valid)]
+        if hard_image_features is not None:
+            sets.append((hard_image_features, hard_text_features, hard_neg_text_features, hard_neg_text_valid))
         with torch.autocast(device_type=image_features.device.type, enabled=False):  # the loss in fp32
-            loss = self._loss(image_features, text_features, logit_scale, neg_text_features, neg_text_valid)
+            loss = self._loss(sets, logit_scale.float())
         return {"contrastive_loss": loss} if output_dict else loss
 
-    def _loss(self, image_features, text_features, logit_scale, neg_text_features, neg_text_valid):
-        batch = image_features.shape[0]
-        all_image, all_text = self._gather(image_features.float(), text_features.float())
-        all_neg = all_valid = None
-        if neg_text_features is not None:
-            if neg_text_valid is None:
-                neg_text_valid = torch.ones(neg_text_features.shape[:2], dtype=torch.bool,
-                                            device=neg_text_features.device)
-            # valid travels as float: gloo cannot all_gather bool tensors
-            all_neg, all_valid = self._gather(neg_text_features.float(), neg_text_valid.float())
-            all_valid = all_valid.bool()
-
+    def _loss(self, sets, scale: torch.Tensor) -> torch.Tensor:
+        """``sets``: [(image [B,D], text [B,D], neg [B,K,D] or None, valid [B,K] or None)], the samples and, if
+        present, their hard-negative images; each block is gathered separately, then the sets are stacked."""
+        batch = sets[0][0].shape[0]
+        blocks = []
+        for image, text, neg, valid in sets:
+            if neg is not None and valid is None:
+                valid = torch.ones(neg.shape[:2], dtype=torch.bool, device=neg.device)
+            blocks += [image.float(), text.float(), None if neg is None else neg.float(), valid]
+        gathered = self._gather(*blocks)
+        image, text, neg, valid = (None if any(t is None for t in gathered[i::4]) else torch.cat(gathered[i::4])
+                                   for i in range(4))
+        rows = None
         if self.local_loss:
-            query_image, query_text = image_features.float(), text_features.float()
-            labels = torch.arange(batch, device=image_features.device) + batch * self.rank
-        else:
-            query_image, query_text = all_image, all_text
-            labels = torch.arange(all_image.shape[0], device=image_features.device)
-        logits_per_image = negclip_logits(query_image, all_text, all_neg, all_valid, logit_scale)
-        logits_per_text = logit_scale * query_text @ all_image.T
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+            rows = local_rows(batch, self.rank, self.world_size, copies=len(sets), device=image.device)
+        return negclip_loss(image, text, neg, valid, scale, rows)

@@ -1,7 +1,9 @@
 """CLIP that encodes hard negative captions alongside the positive one, optionally with an EMA teacher.
 
 The training data yields text of shape ``[B, 1+K, L]`` (row 0 the positive, rows 1..K negatives, an
-all-zero row a padded/invalid negative). All outputs are batch-first so open_clip_train's
+all-zero row a padded/invalid negative). With NegCLIP's hard-negative images (``--csv-hardimg-key``) it
+yields images ``[B, 2, 3, H, W]`` and text ``[B, 2, 1+K, L]``: index 0 the sample, index 1 its hard-negative
+image with that image's own caption and negatives. All outputs are batch-first so open_clip_train's
 ``--accum-freq`` caching (which concatenates every output key along dim 0) works unchanged.
 
 With ``ema_teacher`` (config block ``"ema_teacher": true``) the model owns a frozen plain ``CLIP`` copy of
@@ -123,7 +125,14 @@ class HardNegCLIP(CLIP):
         """Returns ``image_features [B,D]``, ``text_features [B,D]``, ``logit_scale`` (exp'ed), and with
         ``[B,1+K,L]`` text and ``emit_hardneg``: ``neg_text_features [B,K,D]``, ``neg_text_valid [B,K]``; in
         training with ``emit_teacher`` also ``teacher_image_features``, ``teacher_text_features``,
-        ``teacher_neg_text_features`` (no grad). All features L2-normalised."""
+        ``teacher_neg_text_features`` (no grad). With hard-negative images (image ``[B,2,3,H,W]``, text
+        ``[B,2,1+K,L]``) and ``emit_hardneg`` the second half comes as ``hard_image_features [B,D]``,
+        ``hard_text_features [B,D]``, ``hard_neg_text_features [B,K,D]``, ``hard_neg_text_valid [B,K]``
+        (without ``emit_hardneg`` it is dropped). All features L2-normalised."""
+        if image is not None and image.ndim == 5:
+            if self.emit_hardneg:
+                return self._forward_hard_images(image, text)
+            image, text = image[:, 0], None if text is None else text[:, 0]
         out: Dict[str, torch.Tensor] = {}
         if image is not None:
             out["image_features"] = self.encode_image(image, normalize=True)
@@ -136,6 +145,21 @@ class HardNegCLIP(CLIP):
         if self.training and self.emit_teacher and self.teacher is not None and text is not None and text.ndim == 3:
             out.update(self._teacher_features(image, text))
         out["logit_scale"] = self.logit_scale.exp()
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+    def _forward_hard_images(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """image [B,2,3,H,W], text [B,2,1+K,L]: both halves encoded in one pass each (no teacher: DeGLA does not
+        take hard-negative images)."""
+        batch = image.shape[0]
+        images = self.encode_image(image.flatten(0, 1), normalize=True).unflatten(0, (batch, 2))
+        pos, neg, valid = self.encode_text_with_negatives(text.flatten(0, 1))
+        pos, neg, valid = (t.unflatten(0, (batch, 2)) for t in (pos, neg, valid))
+        out = dict(image_features=images[:, 0], text_features=pos[:, 0], neg_text_features=neg[:, 0],
+                   neg_text_valid=valid[:, 0], hard_image_features=images[:, 1], hard_text_features=pos[:, 1],
+                   hard_neg_text_features=neg[:, 1], hard_neg_text_valid=valid[:, 1],
+                   logit_scale=self.logit_scale.exp())
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         return out
