@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from open_clip_align.losses import ComAlignLoss
+from open_clip_align.comalign.loss import ComAlignLoss
 
 N, P, K, D = 8, 3, 3, 8
 CONFIGS = {

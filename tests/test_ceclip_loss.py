@@ -299,7 +299,7 @@ def test_released_mode_flags_are_checked():
 
 
 def test_create_loss_reads_the_released_mode_flags():
-    from open_clip_align.losses import create_loss
+    from open_clip_align.methods import create_loss
     from open_clip_align.params import build_preparser
     args, _ = build_preparser().parse_known_args(
         ["--loss", "ce-clip", "--ceclip-threshold-type", "max", "--ceclip-threshold-from", "previous",

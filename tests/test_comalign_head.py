@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from open_clip_align.models import ComAlignHead, PositionalEncoding, comalign_positional_encoding, load_comalign_head
+from open_clip_align.comalign.model import (ComAlignHead, PositionalEncoding, comalign_positional_encoding,
+                                            load_comalign_head)
 
 
 def reference_shapes(d: int = 512, n_slots: int = 21, unused: int = 256, layers: int = 2, ffn: int = 512) -> dict:

@@ -9,7 +9,8 @@ import torch
 from open_clip.model import CLIP
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
-from open_clip_align.models import ComAlignCLIP, ComAlignHead, load_comalign_head, plugin_block
+from open_clip_align.comalign.model import ComAlignCLIP, ComAlignHead, load_comalign_head
+from open_clip_align.models import plugin_block
 from open_clip_align.models.factory import PLUGIN_KEY
 from test_comalign_head import reference_state
 

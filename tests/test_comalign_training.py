@@ -17,14 +17,15 @@ import torch.nn.functional as F
 
 import comalign_dist_worker
 from conftest import train_argv
-from open_clip_align._patches import PluginUsageError
+from open_clip_align.errors import UsageError
 from open_clip_align.comalign import embed
 from open_clip_align.comalign.annotations import ComAlignDataError
 from open_clip_align.comalign.text import TextComponents
-from open_clip_align.data.comalign import ComAlignFeatureDataset, draw_caption, get_comalign_train_data, phrase_tokens
+from open_clip_align.comalign.data import ComAlignFeatureDataset, draw_caption, get_comalign_train_data, phrase_tokens
 from open_clip_align.data.synthetic import generate
-from open_clip_align.losses import ComAlignLoss, create_loss
-from open_clip_align.losses.comalign import global_contrastive_loss, role_contrastive_loss
+from open_clip_align.comalign.loss import ComAlignLoss
+from open_clip_align.methods import create_loss
+from open_clip_align.comalign.loss import global_contrastive_loss, role_contrastive_loss
 from open_clip_align.params import build_preparser
 from training.main import cli as train_cli
 from training.main import main as train_main
@@ -438,7 +439,7 @@ def test_flag_errors(tmp_path, shapes, case, monkeypatch, capsys):
         "data-without-loss": (["--model", MODEL, "--comalign-data", "features", *store], SystemExit,
                               "--comalign-data needs --loss comalign"),
         "plain-model": (["--model", "hardneg-tiny-ViT", "--loss", "comalign", "--comalign-data", "features", *store],
-                        PluginUsageError, "--model hardneg-tiny-ViT is not a ComAlign model.*comalign-tiny-ViT"),
+                        UsageError, "--model hardneg-tiny-ViT is not a ComAlign model.*comalign-tiny-ViT"),
         "missing-store": (["--model", MODEL, "--loss", "comalign", "--comalign-data", "features", "--train-data",
                            str(tmp_path / "nope.h5")], ComAlignDataError, "--train-data .*nope.h5: no such file"),
         "gt-without-scenes": (["--model", MODEL, "--loss", "comalign", "--comalign-data", "images", "--train-data",

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from open_clip_align.losses import DeGLALoss, create_loss, degla_terms
+from open_clip_align.losses import DeGLALoss, degla_terms
+from open_clip_align.methods import create_loss
 from open_clip_align.losses.degla import tgc_reference_columns
 from open_clip_align.params import build_preparser
 

@@ -553,7 +553,6 @@ HARDIMG_ERRORS = {
     "not an index": (lambda p: _hardimg_case(p, "['a']"), ["train.csv, line 3", "item 1", "expected a row index"]),
     "out of range": (lambda p: _hardimg_case(p, "[0, 2]"),
                      ["train.csv, line 3", "item 2", "row 2, outside the file's 2 data rows"]),
-    "other loss": (lambda p: _hardimg_case(p, "[0]", loss="degla"), ["--csv-hardimg-key", "--loss negclip only"]),
     "other format": (lambda p: make_args(p / "x.jsonl", "jsonl", csv_hardimg_key="neg_image", loss="negclip"),
                      ["--csv-hardimg-key applies to --hardneg-format csv only"]),
     "img root with json": (lambda p: make_args(p / "x.json", "degla-json", csv_img_root="/data"),
@@ -617,7 +616,7 @@ def test_ceclip_npy_reads_typed_negatives_and_masks_invalid_ones(tmp_path, tok):
     assert tuple(images.shape) == (2, 3, 8, 8) and tuple(texts.shape) == (2, 5, L)
     custom = make_args(tmp_path / "npy" / "processed_dataset1.npy", "ceclip-npy", trust_pickled_data=True,
                        num_hardneg=4, batch_size=1, hardneg_image_root=str(tmp_path / "coco" / "train2014"),
-                       ceclip_image_template="COCO_train2014_{:012d}.jpg")
+                       npy_image_template="COCO_train2014_{:012d}.jpg")
     assert build(custom, tok).dataloader.dataset.records[0].image.endswith("train2014/COCO_train2014_000000391895.jpg")
 
 
@@ -648,8 +647,8 @@ NPY_ERRORS = {
                          ["marks the positive caption invalid"]),
     "valid negative not text": (lambda p: _npy_case(p, [ceclip_entry(1, verb_aug_caption=None)]),
                                 ["entry 0 (image_id 1)", "'verb_aug_caption' must be a non-empty string"]),
-    "bad template": (lambda p: _npy_case(p, [ceclip_entry(1)], ceclip_image_template="{:d}/{:d}.jpg"),
-                     ["--ceclip-image-template"]),
+    "bad template": (lambda p: _npy_case(p, [ceclip_entry(1)], npy_image_template="{:d}/{:d}.jpg"),
+                     ["--npy-image-template"]),
     "K is not 4": (lambda p: _npy_case(p, [ceclip_entry(1)], num_hardneg=3), ["--num-hardneg must be 4"]),
     "random sampling": (lambda p: _npy_case(p, [ceclip_entry(1)], hardneg_sampling="random"),
                         ["--hardneg-sampling random is not supported"]),

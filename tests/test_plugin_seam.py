@@ -9,7 +9,7 @@ import torch
 from open_clip.model import CLIP
 
 import open_clip_align
-from open_clip_align import _patches
+from open_clip_align import registration, training_hooks
 from open_clip_align.models import HardNegCLIP
 from open_clip_align.models.factory import create_plugin_model
 
@@ -22,7 +22,7 @@ def test_import_registers_configs_and_one_wrapper():
         assert name in models
     assert open_clip.create_model is oc_factory.create_model
     original = oc_factory.create_model._open_clip_align_wrapped
-    _patches.install()  # a second install must not wrap twice
+    registration.install()  # a second install must not wrap twice
     assert oc_factory.create_model._open_clip_align_wrapped is original
     assert not hasattr(original, "_open_clip_align_wrapped")
 
@@ -104,7 +104,7 @@ def test_pretrained_tag_resolves_through_base_name(tmp_path, monkeypatch):
     torch.manual_seed(2)
     src = open_clip.create_model("hardneg-tiny-ViT")
     torch.save(src.state_dict(), tmp_path / "w.pt")
-    cfg = json.loads((_patches.CONFIG_DIR / "hardneg-tiny-ViT.json").read_text())
+    cfg = json.loads((registration.CONFIG_DIR / "hardneg-tiny-ViT.json").read_text())
     cfg["open_clip_align"]["base"] = "tiny-base-for-tests"
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "tagtest-tiny-ViT.json").write_text(json.dumps(cfg))
@@ -137,7 +137,7 @@ def test_loss_registry():
 
 def _parse(argv):
     import open_clip_train.main as train_main
-    with _patches.training_hooks():
+    with training_hooks.training_hooks():
         return train_main.parse_args(argv)
 
 
@@ -185,9 +185,9 @@ def test_hooks_restore_upstream_globals():
     import open_clip_train.main as train_main
     before = (train_main.parse_args, train_main.get_data, train_main.create_loss,
               train_main.create_model_and_transforms, torch.nn.parallel.DistributedDataParallel)
-    with _patches.training_hooks():
+    with training_hooks.training_hooks():
         assert train_main.parse_args is not before[0]
-        assert torch.nn.parallel.DistributedDataParallel is _patches.CpuSafeDDP
+        assert torch.nn.parallel.DistributedDataParallel is training_hooks.CpuSafeDDP
     after = (train_main.parse_args, train_main.get_data, train_main.create_loss,
              train_main.create_model_and_transforms, torch.nn.parallel.DistributedDataParallel)
     assert before == after

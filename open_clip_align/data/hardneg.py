@@ -43,6 +43,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from open_clip_train.data import DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls
 
+from ..errors import UserError
+
 __all__ = [
     "HardNegDataError",
     "HardNegDataLoader",
@@ -68,7 +70,7 @@ _SHARD_SHUFFLE_SIZE, _SHARD_SHUFFLE_INITIAL = 2000, 500
 _SAMPLE_SHUFFLE_SIZE, _SAMPLE_SHUFFLE_INITIAL = 5000, 1000
 
 
-class HardNegDataError(ValueError):
+class HardNegDataError(UserError):
     """Bad hard-negative training data; the message names the file, the row and the problem."""
 
 
@@ -321,11 +323,11 @@ def _ceclip_valid(where: str, value) -> List[bool]:
 def _read_ceclip_npy(path: str, args) -> Iterator[tuple]:
     """Yield ``(where, image, caption, negatives, None)`` per entry of CE-CLIP's pickled ``.npy`` lists.
 
-    Each entry is a dict with ``image_id`` (formatted by ``--ceclip-image-template``; or ``image_path``, the
+    Each entry is a dict with ``image_id`` (formatted by ``--npy-image-template``; or ``image_path``, the
     release's non-COCO variant), ``caption``, the four ``*_aug_caption`` negatives in type order and
     ``valid_caption``; a negative marked 0 is yielded as None. Entries are numbered from 0 (the list index).
     """
-    template = args.ceclip_image_template or CECLIP_IMAGE_TEMPLATE
+    template = args.npy_image_template or CECLIP_IMAGE_TEMPLATE
     for file in _ceclip_files(path):
         try:
             data = np.load(file, allow_pickle=True)
@@ -351,7 +353,7 @@ def _read_ceclip_npy(path: str, args) -> Iterator[tuple]:
                 try:
                     image = template.format(image_id)
                 except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-                    _fail(where, f"--ceclip-image-template {template!r} cannot format {image_id!r}: "
+                    _fail(where, f"--npy-image-template {template!r} cannot format {image_id!r}: "
                                  f"{type(e).__name__}: {e}")
             else:
                 image = entry["image_path"]
@@ -812,21 +814,18 @@ def _wds_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelec
 # ----------------------------------------------------------------------------- entry point
 
 def hardneg_flag_error(args) -> Optional[str]:
-    """A one-line refusal for hard-negative flags that ``--hardneg-format``/``--loss`` would ignore, or None.
+    """A one-line refusal for hard-negative flags that ``--hardneg-format`` would ignore, or None.
 
-    ``args`` needs ``hardneg_format``, ``loss`` and the plugin's hard-negative flags (the pre-parser's namespace
-    is enough, so this can run before any data is read).
+    ``args`` needs ``hardneg_format`` and the plugin's hard-negative flags (the pre-parser's namespace is
+    enough, so this can run before any data is read).
     """
     fmt = args.hardneg_format
     only = (("--csv-hardimg-key", args.csv_hardimg_key, "csv"), ("--csv-img-root", args.csv_img_root, "csv"),
             ("--trust-pickled-data", args.trust_pickled_data or None, "ceclip-npy"),
-            ("--ceclip-image-template", args.ceclip_image_template, "ceclip-npy"))
+            ("--npy-image-template", args.npy_image_template, "ceclip-npy"))
     for flag, value, needed in only:
         if value is not None and fmt != needed:
             return f"{flag} applies to --hardneg-format {needed} only (got --hardneg-format {fmt})"
-    if args.csv_hardimg_key is not None and args.loss != "negclip":
-        return (f"--csv-hardimg-key (NegCLIP's hard-negative images) is used by --loss negclip only; --loss "
-                f"{args.loss} would ignore the extra images")
     if fmt == "ceclip-npy":
         if args.num_hardneg != len(CECLIP_NEGATIVE_KEYS):
             return (f"--hardneg-format ceclip-npy has {len(CECLIP_NEGATIVE_KEYS)} negatives per caption (relation, "

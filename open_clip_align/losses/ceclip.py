@@ -19,12 +19,12 @@ training loop, which applies the θ computed on the previous batch, starting at 
 (``start_epoch()``). It is computed from the gathered global batch, so every rank holds the same θ. Every term
 is computed in fp32 with autocast disabled.
 """
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from .gather import gather_blocks
+from .base import GatheredLoss
 from .negclip import negclip_logits
 
 IMC_MODES = ("paper", "reference")
@@ -116,7 +116,7 @@ def imc_loss(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: 
     return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device))
 
 
-class CEClipLoss(torch.nn.Module):
+class CEClipLoss(GatheredLoss):
     """CE-CLIP loss (``--loss ce-clip``); returns ``{"contrastive_loss", "imc_loss", "cmr_loss"}`` (weighted).
 
     Without ``neg_text_features`` (e.g. the validation loop's 2-D text) it is plain CLIP InfoNCE and returns
@@ -127,10 +127,11 @@ class CEClipLoss(torch.nn.Module):
 
     def __init__(self, imc_weight: float = 0.3, cmr_weight: float = 0.2, imc_mode: str = "paper",
                  threshold_type: str = "mean", fixed_threshold: float = 10.0, upper_bound: Optional[float] = 10.0,
-                 threshold_from: str = "current", cmr_average: str = "valid", accum_freq: int = 1,
-                 local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0, world_size: int = 1,
-                 use_horovod: bool = False):
-        super().__init__()
+                 threshold_from: str = "current", cmr_average: str = "valid", accum_freq: int = 1, **distributed):
+        if distributed.get("local_loss"):
+            raise ValueError("--local-loss is not supported by --loss ce-clip: its IMC and CMR terms need the "
+                             "gathered global batch")
+        super().__init__(**distributed)
         if imc_mode not in IMC_MODES:
             raise ValueError(f"--ceclip-imc-mode must be one of {IMC_MODES}, got {imc_mode!r}")
         if threshold_type not in THRESHOLD_TYPES:
@@ -143,9 +144,6 @@ class CEClipLoss(torch.nn.Module):
             raise ValueError("--ceclip-threshold-from previous applies the previous batch's margins, as the "
                              "released loop (which had no gradient accumulation); with --accum-freq "
                              f"{accum_freq} the loss runs {accum_freq} times per step: use --accum-freq 1")
-        if local_loss:
-            raise ValueError("--local-loss is not supported by --loss ce-clip: its IMC and CMR terms need the "
-                             "gathered global batch")
         self.imc_weight = imc_weight
         self.cmr_weight = cmr_weight
         self.imc_mode = imc_mode
@@ -155,14 +153,6 @@ class CEClipLoss(torch.nn.Module):
         self.threshold_from = threshold_from
         self.cmr_average = cmr_average
         self.register_buffer("previous_thresholds", torch.zeros(0), persistent=False)
-        self.gather_with_grad = gather_with_grad
-        self.rank = rank
-        self.world_size = world_size
-        self.use_horovod = use_horovod
-
-    def _gather(self, *blocks):
-        return gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
-                             gather_with_grad=self.gather_with_grad, use_horovod=self.use_horovod)
 
     def start_epoch(self) -> None:
         """Previous-batch margins restart at 0 (the released loop initialises them in each epoch)."""
@@ -179,24 +169,21 @@ class CEClipLoss(torch.nn.Module):
         self.previous_thresholds = current
         return previous
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
-                hard_image_features: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
+    def terms(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
+              hard_image_features: Optional[torch.Tensor] = None, **unused) -> Dict[str, torch.Tensor]:
         if hard_image_features is not None:
             raise ValueError("hard-negative images (--csv-hardimg-key) are used by --loss negclip only")
-        with torch.autocast(device_type=image_features.device.type, enabled=False):
-            losses = self._losses(image_features.float(), text_features.float(), logit_scale.float(),
-                                  neg_text_features, neg_text_valid)
-        return losses if output_dict else sum(losses.values())
+        return self._losses(image_features, text_features, logit_scale, neg_text_features, neg_text_valid)
 
     def _losses(self, image, text, scale, neg, valid):
         if neg is None:
-            image, text = self._gather(image, text)
+            image, text = self.gather(image, text)
             labels = torch.arange(image.shape[0], device=image.device)
             logits = scale * image @ text.T
             return {"contrastive_loss": (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2}
         valid = _all_valid(neg, valid)
-        image, text, neg, valid = self._gather(image, text, neg.float(), valid)
+        image, text, neg, valid = self.gather(image, text, neg, valid)
         labels = torch.arange(image.shape[0], device=image.device)
         itc = (F.cross_entropy(negclip_logits(image, text, neg, valid, scale), labels)
                + F.cross_entropy(scale * text @ image.T, labels)) / 2

@@ -27,7 +27,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .gather import check_local_loss, gather_blocks, local_rows
+from .base import GatheredLoss
 
 TGC_MODES = ("fixed", "reference")
 DISTILL_REDUCTIONS = ("sum", "mean")
@@ -120,7 +120,7 @@ def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scal
     return terms
 
 
-class DeGLALoss(torch.nn.Module):
+class DeGLALoss(GatheredLoss):
     """``--loss degla``: returns the *weighted* terms ``{contrastive_loss, igc_loss, tgc_loss, distill_loss}``.
 
     Terms whose weight is 0 are not computed (they read 0, and need no teacher). With 2-D text (no negatives, e.g. a
@@ -129,9 +129,8 @@ class DeGLALoss(torch.nn.Module):
 
     def __init__(self, igc_weight: float = 0.1, tgc_weight: float = 0.1, distill_weight: float = 0.005,
                  tgc_scale: float = 10.0, tgc_mode: str = "fixed", distill_reduction: str = "sum",
-                 distill_negatives: bool = True, local_loss: bool = False, gather_with_grad: bool = False,
-                 rank: int = 0, world_size: int = 1, use_horovod: bool = False):
-        super().__init__()
+                 distill_negatives: bool = True, **distributed):
+        super().__init__(**distributed)
         if tgc_mode not in TGC_MODES:
             raise ValueError(f"--degla-tgc-mode must be one of {TGC_MODES}, got {tgc_mode!r}")
         if distill_reduction not in DISTILL_REDUCTIONS:
@@ -140,54 +139,37 @@ class DeGLALoss(torch.nn.Module):
                             ("--degla-distill-weight", distill_weight), ("--degla-tgc-scale", tgc_scale)):
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0, got {value}")
-        check_local_loss(local_loss, gather_with_grad, world_size)
         self.igc_weight, self.tgc_weight, self.distill_weight = igc_weight, tgc_weight, distill_weight
         self.tgc_scale, self.tgc_mode = tgc_scale, tgc_mode
         self.distill_reduction, self.distill_negatives = distill_reduction, distill_negatives
-        self.local_loss, self.gather_with_grad, self.use_horovod = local_loss, gather_with_grad, use_horovod
-        self.rank, self.world_size = rank, world_size
 
     @property
     def needs_teacher(self) -> bool:
         return self.tgc_weight > 0 or self.distill_weight > 0
 
-    def _gather(self, *blocks):
-        return gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
-                             gather_with_grad=self.gather_with_grad, use_horovod=self.use_horovod)
-
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
-                teacher_image_features: Optional[torch.Tensor] = None,
-                teacher_text_features: Optional[torch.Tensor] = None,
-                teacher_neg_text_features: Optional[torch.Tensor] = None,
-                hard_image_features: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
+    def terms(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
+              teacher_image_features: Optional[torch.Tensor] = None,
+              teacher_text_features: Optional[torch.Tensor] = None,
+              teacher_neg_text_features: Optional[torch.Tensor] = None,
+              hard_image_features: Optional[torch.Tensor] = None, **unused) -> Dict[str, torch.Tensor]:
         if hard_image_features is not None:
             raise ValueError("hard-negative images (--csv-hardimg-key) are used by --loss negclip only")
-        with torch.autocast(device_type=image_features.device.type, enabled=False):  # all terms in fp32
-            out = self._terms(image_features, text_features, logit_scale, neg_text_features, neg_text_valid,
-                              teacher_image_features, teacher_text_features, teacher_neg_text_features)
-        return out if output_dict else sum(out.values())
-
-    def _terms(self, image_features, text_features, logit_scale, neg_text_features, neg_text_valid,
-               teacher_image_features, teacher_text_features, teacher_neg_text_features) -> Dict[str, torch.Tensor]:
-        batch = image_features.shape[0]
-        rows = local_rows(batch, self.rank, self.world_size, device=image_features.device) if self.local_loss else None
+        rows = self.rows(image_features.shape[0], device=image_features.device)
         share = 1.0 / self.world_size if self.local_loss else 1.0  # mean over B local rows -> sum / global N
         if neg_text_features is None:  # 2-D text: plain CLIP InfoNCE (K = 0)
-            image, text = self._gather(image_features.float(), text_features.float())
+            image, text = self.gather(image_features, text_features)
             empty = text.new_zeros(len(text), 0, text.shape[-1])
-            base = degla_terms(image, text, empty, logit_scale.float(), rows=rows, need_tgc=False,
-                               need_distill=False)["base"]
+            base = degla_terms(image, text, empty, logit_scale, rows=rows, need_tgc=False, need_distill=False)["base"]
             return {"contrastive_loss": share * base}
         if self.needs_teacher and (teacher_image_features is None or teacher_text_features is None
                                    or teacher_neg_text_features is None):
             raise ValueError("--loss degla with --degla-tgc-weight/--degla-distill-weight > 0 needs the EMA "
                              "teacher's features: train a model with an EMA teacher (e.g. degla-ViT-B-32)")
-        blocks = [image_features, text_features, neg_text_features, neg_text_valid,
-                  teacher_image_features, teacher_text_features, teacher_neg_text_features]
-        blocks = [b.float() if b is not None and b.is_floating_point() else b for b in blocks]
-        image, text, neg, valid, t_image, t_text, t_neg = self._gather(*blocks)
-        terms = degla_terms(image, text, neg, logit_scale.float(), t_image, t_text, t_neg, valid, rows=rows,
+        image, text, neg, valid, t_image, t_text, t_neg = self.gather(
+            image_features, text_features, neg_text_features, neg_text_valid, teacher_image_features,
+            teacher_text_features, teacher_neg_text_features)
+        terms = degla_terms(image, text, neg, logit_scale, t_image, t_text, t_neg, valid, rows=rows,
                             tgc_scale=self.tgc_scale, tgc_mode=self.tgc_mode,
                             distill_reduction="sum" if self.local_loss else self.distill_reduction,
                             distill_negatives=self.distill_negatives,

@@ -18,12 +18,12 @@ own, so the layout, and therefore the value, is the same on 1 or N processes. Wi
 needs ``--gather-with-grad`` on several ranks) a rank scores its own rows and divides by the *global* row
 count, so the ranks' losses sum to the global loss and its gradient.
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .gather import check_local_loss, gather_blocks, local_rows
+from .base import GatheredLoss
 
 
 def negclip_logits(image: torch.Tensor, text: torch.Tensor, neg: Optional[torch.Tensor],
@@ -57,38 +57,22 @@ def negclip_loss(image: torch.Tensor, text: torch.Tensor, neg: Optional[torch.Te
     return total / (2 * image.shape[0])
 
 
-class NegCLIPLoss(torch.nn.Module):
+class NegCLIPLoss(GatheredLoss):
     """NegCLIP hard-negative contrastive loss (``--loss negclip``); returns ``{"contrastive_loss"}``.
 
     Without ``neg_text_features`` (e.g. the validation loop's 2-D text) it is plain CLIP InfoNCE. With the
     ``hard_*`` features it is the doubled-image-set loss of the module docstring.
     """
 
-    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0,
-                 world_size: int = 1, use_horovod: bool = False):
-        super().__init__()
-        check_local_loss(local_loss, gather_with_grad, world_size)
-        self.local_loss = local_loss
-        self.gather_with_grad = gather_with_grad
-        self.rank = rank
-        self.world_size = world_size
-        self.use_horovod = use_horovod
-
-    def _gather(self, *blocks: torch.Tensor):
-        return gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
-                             gather_with_grad=self.gather_with_grad, use_horovod=self.use_horovod)
-
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
-                hard_image_features: Optional[torch.Tensor] = None, hard_text_features: Optional[torch.Tensor] = None,
-                hard_neg_text_features: Optional[torch.Tensor] = None,
-                hard_neg_text_valid: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
+    def terms(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              neg_text_features: Optional[torch.Tensor] = None, neg_text_valid: Optional[torch.Tensor] = None,
+              hard_image_features: Optional[torch.Tensor] = None, hard_text_features: Optional[torch.Tensor] = None,
+              hard_neg_text_features: Optional[torch.Tensor] = None,
+              hard_neg_text_valid: Optional[torch.Tensor] = None, **unused) -> Dict[str, torch.Tensor]:
         sets = [(image_features, text_features, neg_text_features, neg_text_valid)]
         if hard_image_features is not None:
             sets.append((hard_image_features, hard_text_features, hard_neg_text_features, hard_neg_text_valid))
-        with torch.autocast(device_type=image_features.device.type, enabled=False):  # the loss in fp32
-            loss = self._loss(sets, logit_scale.float())
-        return {"contrastive_loss": loss} if output_dict else loss
+        return {"contrastive_loss": self._loss(sets, logit_scale)}
 
     def _loss(self, sets, scale: torch.Tensor) -> torch.Tensor:
         """``sets``: [(image [B,D], text [B,D], neg [B,K,D] or None, valid [B,K] or None)], the samples and, if
@@ -98,11 +82,8 @@ class NegCLIPLoss(torch.nn.Module):
         for image, text, neg, valid in sets:
             if neg is not None and valid is None:
                 valid = torch.ones(neg.shape[:2], dtype=torch.bool, device=neg.device)
-            blocks += [image.float(), text.float(), None if neg is None else neg.float(), valid]
-        gathered = self._gather(*blocks)
+            blocks += [image, text, neg, valid]
+        gathered = self.gather(*blocks)
         image, text, neg, valid = (None if any(t is None for t in gathered[i::4]) else torch.cat(gathered[i::4])
                                    for i in range(4))
-        rows = None
-        if self.local_loss:
-            rows = local_rows(batch, self.rank, self.world_size, copies=len(sets), device=image.device)
-        return negclip_loss(image, text, neg, valid, scale, rows)
+        return negclip_loss(image, text, neg, valid, scale, self.rows(batch, len(sets), image.device))

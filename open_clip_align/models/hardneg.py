@@ -32,9 +32,10 @@ def split_hardneg_text(features: torch.Tensor, batch: int):
 class HardNegCLIP(CLIP):
     """open_clip ``CLIP`` whose forward accepts ``[B, 1+K, L]`` text and always returns a dict.
 
-    ``emit_hardneg`` is switched on by the training hooks when the configured loss consumes negatives;
-    otherwise 3-D text is reduced to its positive row, so extra keys never reach losses that cannot take
-    them (open_clip's ``ClipLoss`` raises on unknown keyword arguments).
+    What it emits is decided once, by ``configure_training`` (the training method's needs): negatives only for
+    methods that consume them (otherwise 3-D text is reduced to its positive row, so extra keys never reach
+    losses that cannot take them: open_clip's ``ClipLoss`` raises on unknown keyword arguments), and the
+    teacher's features only for methods that use the teacher.
     """
 
     def __init__(self, *args, ema_teacher: bool = False, **kwargs):
@@ -51,6 +52,13 @@ class HardNegCLIP(CLIP):
             teacher.load_state_dict(self.state_dict())
             self.teacher = teacher.requires_grad_(False).eval()
             self._ema_pairs()  # asserts matching names and shapes now, not at the first step
+
+    def configure_training(self, emit_hardneg: bool, teacher: bool = False, ema_decay: float = 0.9996) -> None:
+        """Set what ``forward`` emits in training: ``neg_text_features``/``neg_text_valid`` (``emit_hardneg``) and
+        the EMA teacher's ``teacher_*`` features, the teacher updated with ``ema_decay`` (``teacher``)."""
+        if teacher and self.teacher is None:
+            raise ValueError("this model has no EMA teacher (its config lacks \"ema_teacher\": true)")
+        self.emit_hardneg, self.emit_teacher, self.ema_decay = emit_hardneg, teacher, ema_decay
 
     # ------------------------------------------------------------------ EMA teacher
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
-from .registry import register_arch
+from ..models.registry import register_arch
 
 HEAD = "comalign_head."
 PE_KEY = "encoder_pos_embedding.positional_encodings"

@@ -18,8 +18,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..comalign.scoring import maxmean_scores
-from .gather import gather_blocks
+from ..losses.base import GatheredLoss
+from .scoring import maxmean_scores
 
 ROLES = ("entity", "relation")
 
@@ -63,7 +63,7 @@ def global_contrastive_loss(refined: torch.Tensor, text: torch.Tensor, temperatu
     return (F.cross_entropy(logits_i2t, rows) + F.cross_entropy(logits_t2i, rows)) / 2
 
 
-class ComAlignLoss(torch.nn.Module):
+class ComAlignLoss(GatheredLoss):
     """``--loss comalign``: role-wise contrastive terms on max-mean scores + a CLIP term on the refined global.
 
     Consumes the component outputs of ``ComAlignCLIP`` (``image_entity``, ``image_relation``, their masks,
@@ -73,10 +73,8 @@ class ComAlignLoss(torch.nn.Module):
     """
 
     def __init__(self, temperature: float = 0.07, entity_weight: float = 1.0, relation_weight: float = 1.0,
-                 global_weight: float = 1.0, padding: str = "masked", smooth: Optional[float] = None,
-                 local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0, world_size: int = 1,
-                 use_horovod: bool = False):
-        super().__init__()
+                 global_weight: float = 1.0, padding: str = "masked", smooth: Optional[float] = None, **distributed):
+        super().__init__(**distributed)
         if temperature <= 0:
             raise ValueError(f"--comalign-temperature must be > 0, got {temperature}")
         if padding not in ("masked", "reference"):
@@ -85,27 +83,20 @@ class ComAlignLoss(torch.nn.Module):
             raise ValueError(f"--comalign-smooth-max must be > 0 (or 0 for the hard max), got {smooth}")
         self.temperature, self.padding, self.smooth = temperature, padding, smooth
         self.weights = {"entity": entity_weight, "relation": relation_weight, "global": global_weight}
-        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
-        self.rank, self.world_size, self.use_horovod = rank, world_size, use_horovod
 
-    def forward(self, output_dict: bool = False, **features) -> Dict[str, torch.Tensor]:
+    def terms(self, **features) -> Dict[str, torch.Tensor]:
         missing = [k for k in ("refined_global", "text_entity", "image_entity") if k not in features]
         if missing:
             raise ValueError(f"--loss comalign needs ComAlign component inputs (images as views or precomputed "
                              f"features, captions with their phrases); the model output lacks {missing}")
-        with torch.autocast(device_type=features["refined_global"].device.type, enabled=False):
-            losses = self._losses(features)
-        return losses if output_dict else sum(losses.values())
+        return self._losses(features)
 
     def _losses(self, f: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         batch = f["refined_global"].shape[0]
         names = ["refined_global", "text_features"]
         for role in ROLES:
             names += [f"image_{role}", f"image_{role}_mask", f"text_{role}", f"text_{role}_mask"]
-        blocks = [f[k].float() if f[k].is_floating_point() else f[k] for k in names]
-        gathered = dict(zip(names, gather_blocks(*blocks, rank=self.rank, world_size=self.world_size,
-                                                 gather_with_grad=self.gather_with_grad,
-                                                 use_horovod=self.use_horovod)))
+        gathered = dict(zip(names, self.gather(*(f[k] for k in names))))
         rows = dict(row_offset=batch * self.rank, n_rows=batch) if self.local_loss else {}
         losses = {}
         for role in ROLES:

@@ -20,12 +20,12 @@ import torch
 from open_clip_train.data import DataInfo, SharedEpoch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..comalign.annotations import ComAlignDataError, ImageCaptions, load_annotations
-from ..comalign.boxes import make_box_provider
-from ..comalign.embed import ViewDataset
-from ..comalign.slots import store_image_slots, store_text_slots
-from ..comalign.store import ComponentStore
-from ..comalign.text import ComponentParser, TextComponents
+from .annotations import ComAlignDataError, ImageCaptions, load_annotations
+from .boxes import make_box_provider
+from .embed import ViewDataset
+from .slots import store_image_slots, store_text_slots
+from .store import ComponentStore
+from .text import ComponentParser, TextComponents
 
 
 def draw_caption(n_captions: int, seed: int, epoch: int, index: int) -> int:
