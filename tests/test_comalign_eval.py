@@ -392,3 +392,26 @@ def test_eval_suite_comalign_flag_errors(data, capsys, case):
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_scorer_ties_repeated_captions_and_scores_pairs_alike(data, model):
+    """A caption repeated within an item ties exactly, and an (image, caption) pair gets the same bits in every
+    item and position (exact component scores), as the strict rule needs."""
+    from open_clip_align.eval.items import Item
+
+    _, _, preprocess = open_clip.create_model_and_transforms(MODEL)
+    scorer = ComAlignScorer(model, preprocess, open_clip.get_tokenizer(MODEL),
+                            make_box_provider("gt", scenes=str(data / "scenes.jsonl")), progress=False)
+    base = sugarcrepe.load(data / "sugarcrepe" / "iid", ["swap_att", "replace_rel"])[:3]
+    images = [it.images[0] for it in base]
+    captions = [c for it in base for c in it.captions]
+    items = [Item("same", [images[0]], [captions[0], captions[0]], [[True, False]], "swap_att",
+                  {"bag_identical": True}),
+             Item("mixed", [images[1], images[0]], [captions[2], captions[0], captions[3], captions[0], captions[0]],
+                  [[True, False, False, False, False], [False, True, False, False, False]], "x"),
+             Item("alone", [images[0]], [captions[0]], [[True]], "x")]
+    scores = scorer.score_items(items)
+    same, mixed, alone = scores
+    assert same[0, 0] == same[0, 1]
+    assert sugarcrepe.metrics(items[:1], scores[:1])["n_ties"] == 1
+    assert torch.equal(mixed[1, [1, 3, 4]], alone[0, 0].expand(3)) and torch.equal(same[0, 0], alone[0, 0])

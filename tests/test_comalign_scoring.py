@@ -291,3 +291,47 @@ def test_compute_scores_from_model_outputs_and_final_ranking():
         torch.tensor(naive_t2i).argsort(dim=1, descending=True).tolist()
     with pytest.raises(KeyError, match="refined_global"):
         compute_scores({k: v for k, v in image.items() if k != "refined_global"}, text)
+
+
+def _component_outputs(n_img, n_txt, d, seed, p=10, k=10):
+    gen = torch.Generator().manual_seed(seed)
+    image = {"image_features": torch.randn(n_img, d, generator=gen),
+             "refined_global": torch.randn(n_img, d, generator=gen),
+             "image_entity": l2_normalize(torch.randn(n_img, p, d, generator=gen)),
+             "image_relation": l2_normalize(torch.randn(n_img, p, d, generator=gen)),
+             "image_entity_mask": torch.rand(n_img, p, generator=gen) > 0.3,
+             "image_relation_mask": torch.rand(n_img, p, generator=gen) > 0.3}
+    text = {"text_features": torch.randn(n_txt, d, generator=gen),
+            "text_entity": l2_normalize(torch.randn(n_txt, k, d, generator=gen)),
+            "text_relation": l2_normalize(torch.randn(n_txt, k, d, generator=gen)),
+            "text_entity_mask": torch.rand(n_txt, k, generator=gen) > 0.4,
+            "text_relation_mask": torch.rand(n_txt, k, generator=gen) > 0.4}
+    return image, text
+
+
+def _rows(outputs, index):
+    return {key: value[index] for key, value in outputs.items()}
+
+
+@pytest.mark.parametrize("padding", ["reference", "masked"])
+def test_exact_scores_of_a_pair_ignore_the_rest_of_the_gallery(padding):
+    """exact=True (evaluation): every score of (image i, caption t) is bit-identical whether the pair is scored
+    alone, among repeated captions, or in another order; and it is the float32 scores up to rounding."""
+    image, text = _component_outputs(5, 6, 64, seed=11)
+    full = compute_scores(image, text, padding=padding, exact=True)
+    loose = compute_scores(image, text, padding=padding)  # the training path: unchanged, float32
+    assert full.clip.dtype == torch.float64 and loose.clip.dtype == torch.float32
+    for name in ("clip", "refined", "entity_i2t", "entity_t2i", "relation_i2t", "relation_t2i"):
+        torch.testing.assert_close(getattr(full, name).float(), getattr(loose, name), atol=1e-6, rtol=0)
+    order = torch.tensor([5, 2, 2, 0, 2, 4])  # a caption three times, the rest permuted
+    again = compute_scores(_rows(image, torch.tensor([3, 1])), _rows(text, order), padding=padding, exact=True,
+                           block_images=1, block_texts=4)
+    for name in ("clip", "refined", "entity_i2t", "relation_i2t"):
+        assert torch.equal(getattr(again, name), getattr(full, name)[[3, 1]][:, order]), name
+    for name in ("entity_t2i", "relation_t2i"):
+        assert torch.equal(getattr(again, name), getattr(full, name)[order][:, [3, 1]]), name
+    final, final_again = (combine(s, mode="paper") for s in (full, again))
+    assert torch.equal(final_again.i2t, final.i2t[[3, 1]][:, order])
+    assert (final_again.i2t[:, [1, 2, 4]] == final_again.i2t[:, 1:2]).all()  # the repeated caption ties
+    with pytest.raises(ValueError, match="exact=True.*smooth"):
+        compute_scores(image, text, padding=padding, smooth=0.1, exact=True)

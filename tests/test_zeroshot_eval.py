@@ -41,14 +41,18 @@ def test_classification_metrics_by_hand():
     r = classification_metrics(logits, labels, ks=(1, 5, 10))
     # official ranks 0, 1, 5, 0, 1, 3; class recalls 2/4, 0/1, 0/1 over the three classes present
     assert r["top1"] == pytest.approx(200 / 6) and r["top5"] == pytest.approx(500 / 6)
-    assert r["top10"] == 100.0  # k capped at the 6 classes
+    assert r["top10"] is None  # 6 classes: top-10 is not defined (CLIP_benchmark reports NaN, JSON null)
     assert r["mean_per_class_recall"] == pytest.approx(100 * (0.5 + 0 + 0) / 3)
     assert (r["n_items"], r["n_classes"], r["n_ties"]) == (6, 6, 2)
     strict = classification_metrics(logits, labels, tie_policy="strict")
     assert strict["top1"] == pytest.approx(100 / 6) and strict["top5"] == pytest.approx(500 / 6)
     assert strict["mean_per_class_recall"] == pytest.approx(100 * 0.25 / 3) and strict["n_ties"] == 2
     few = classification_metrics(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0]))
-    assert (few["top1"], few["top5"]) == (0.0, 100.0)  # top-5 of 3 classes is top-3
+    # CLIP_benchmark (zeroshot_classification.evaluate): acc5 = NaN when there are fewer than 5 classes, not a
+    # capped top-3; with exactly 5 classes top-5 is computed (and trivially 100)
+    assert (few["top1"], few["top5"]) == (0.0, None)
+    five = classification_metrics(torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]), torch.tensor([0]))
+    assert (five["top1"], five["top5"]) == (0.0, 100.0)
     with pytest.raises(ValueError, match="labels must lie in \\[0, 6\\)"):
         classification_metrics(logits, torch.tensor([0, 0, 0, 0, 1, 6]))
     with pytest.raises(ValueError, match="tie_policy"):
@@ -74,7 +78,7 @@ def test_imagefolder_end_to_end(tmp_path):
     assert data.meta["format"] == "imagefolder" and data.templates == ["a {c}.", "the {c}."]
     scorer, model = scorer_for(_table())
     r = evaluate(scorer, tmp_path)
-    assert r["top1"] == pytest.approx(200 / 3) and r["top5"] == 100.0
+    assert r["top1"] == pytest.approx(200 / 3) and r["top5"] is None  # 2 classes: no top-5 (CLIP_benchmark)
     assert r["mean_per_class_recall"] == pytest.approx(75.0) and (r["n_items"], r["n_ties"]) == (3, 0)
     assert r["protocol"]["n_templates"] == 2 and r["protocol"]["templates_source"].endswith("templates.txt")
     # an explicit templates= wins over the file: now cat is at 60°, hot dog at 90°, so 2.png (70°) is right

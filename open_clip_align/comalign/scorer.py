@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from ..data.comalign import phrase_tokens
+from .data import phrase_tokens
 from ..eval.items import ImageRef, Item
 from ..eval.scoring import DualEncoderScorer
 from .boxes import BoxProvider
@@ -101,22 +101,28 @@ class ComAlignScorer:
         return {t: self._texts[t] for t in texts}
 
     # ------------------------------------------------------------------ scores
-    def directional_scores(self, refs: Sequence[ImageRef], texts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(i2t [n_images, n_texts], t2i [n_texts, n_images])``, paper form, no normalisation."""
+    def _combined(self, refs: Sequence[ImageRef], texts: Sequence[str]):
+        """Paper-form ``CombinedScores`` (float64) from exactly computed component scores (``exact=True``): the
+        scores of a pair depend on that image and caption only, so a repeated caption ties exactly."""
         images, captions = self.image_components(refs), self.text_components(texts)
         scores = compute_scores(_stack([images[r] for r in refs], IMAGE_KEYS),
-                                _stack([captions[t] for t in texts], TEXT_KEYS), padding=self.padding)
-        combined = combine(scores, mode="paper", global_term=self.global_term)
-        return combined.i2t, combined.t2i
+                                _stack([captions[t] for t in texts], TEXT_KEYS), padding=self.padding, exact=True)
+        return combine(scores, mode="paper", global_term=self.global_term)
+
+    def directional_scores(self, refs: Sequence[ImageRef], texts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(i2t [n_images, n_texts], t2i [n_texts, n_images])`` float32, paper form, no normalisation."""
+        combined = self._combined(refs, texts)
+        return combined.i2t.float(), combined.t2i.float()
 
     def score_items(self, items: Sequence[Item]) -> List[torch.Tensor]:
-        """One ``[n_images, n_captions]`` matrix per item: ½(I2T + T2Iᵀ) (all components computed up front)."""
+        """One ``[n_images, n_captions]`` float32 matrix per item: ½(I2T + T2Iᵀ) (all components computed up
+        front; each entry a function of its image and caption alone)."""
         self.image_components([r for it in items for r in it.images])
         self.text_components([c for it in items for c in it.captions])
         out = []
         for it in items:
-            i2t, t2i = self.directional_scores(it.images, it.captions)
-            out.append((i2t + t2i.T) / 2)
+            combined = self._combined(it.images, it.captions)
+            out.append(((combined.i2t + combined.t2i.T) / 2).float())
         return out
 
     def retrieval_scores(self, refs: Sequence[ImageRef], texts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -199,27 +199,43 @@ def _mask(out: Dict[str, torch.Tensor], key: str) -> torch.Tensor:
 
 def compute_scores(image: Dict[str, torch.Tensor], text: Dict[str, torch.Tensor], padding: str = "reference",
                    smooth: Optional[float] = None, block_images: int = 256,
-                   block_texts: int = 2048) -> ComAlignScores:
+                   block_texts: int = 2048, exact: bool = False) -> ComAlignScores:
     """All score matrices from ``ComAlignCLIP`` outputs (concatenated over the gallery).
 
     image: ``image_features`` (ĝ), ``refined_global`` (ĉ) [Ni,d], ``image_entity`` [Ni,Ne,d],
     ``image_relation`` [Ni,Nr,d], optional ``image_entity_mask``/``image_relation_mask``; text:
     ``text_features`` (t̂) [Nt,d], ``text_entity``, ``text_relation``, optional masks. Missing masks mean
     "non-zero rows". Everything is (re-)normalised with eps 1e-8, so raw cached embeddings work too.
+
+    ``exact=True`` (evaluation): the normalised vectors are rounded to fixed point (``eval.scoring.fixed_point``
+    with bits for means over up to max(P, K) components) and every score is computed in float64, where all
+    dot products, maxima and sums are exact: a pair's scores then depend on that pair alone, never on the
+    gallery's shapes or order (equal captions tie exactly). Matrices are float64. Not with ``smooth``.
     """
     missing = [f"image[{k!r}]" for k in ("image_features", "refined_global", "image_entity", "image_relation")
                if k not in image] + [f"text[{k!r}]" for k in ("text_features", "text_entity", "text_relation")
                                      if k not in text]
     if missing:
         raise KeyError(f"compute_scores needs ComAlign component outputs; missing {', '.join(missing)}")
-    t_hat = l2_normalize(text["text_features"].float())
-    clip = l2_normalize(image["image_features"].float()) @ t_hat.T
-    refined = l2_normalize(image["refined_global"].float()) @ t_hat.T
+    if exact and smooth is not None:
+        raise ValueError("exact=True scores with the hard max; smooth (τ_m) is a training option")
+    prepare = l2_normalize
+    if exact:
+        from ..eval.scoring import exact_bits, fixed_point
+        # a max-mean sums at most max(P, K) maxima, each one exact dot product
+        bits = exact_bits(max(side[f"{name}_{role}"].shape[1] for side, name in ((image, "image"), (text, "text"))
+                              for role in ("entity", "relation")))
+
+        def prepare(x):
+            return fixed_point(l2_normalize(x), bits)
+    t_hat = prepare(text["text_features"].float())
+    clip = prepare(image["image_features"].float()) @ t_hat.T
+    refined = prepare(image["refined_global"].float()) @ t_hat.T
     roles, has = {}, {}
     for role in ("entity", "relation"):
         img_mask, txt_mask = _mask(image, f"image_{role}"), _mask(text, f"text_{role}")
-        roles[role] = maxmean_scores(l2_normalize(image[f"image_{role}"].float()),
-                                     l2_normalize(text[f"text_{role}"].float()), img_mask, txt_mask,
+        roles[role] = maxmean_scores(prepare(image[f"image_{role}"].float()),
+                                     prepare(text[f"text_{role}"].float()), img_mask, txt_mask,
                                      padding=padding, smooth=smooth, block_images=block_images,
                                      block_texts=block_texts)
         if padding == "reference":

@@ -20,6 +20,7 @@ Every metric is computed from the score matrices alone, so a text-only scorer ca
 """
 import importlib.metadata
 import json
+import math
 import random
 import re
 from collections import defaultdict
@@ -184,7 +185,8 @@ def _load_vg(root, dataset: str) -> List[Item]:
         if missing:
             raise EvalDataError(f"{where} lacks {missing}")
         box = tuple(entry[k] for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) or min(box[2:]) <= 0:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box) \
+                or min(box[2:]) <= 0:
             raise EvalDataError(f"{where}: expected numbers bbox_x, bbox_y, bbox_w, bbox_h with w, h > 0, got {box}")
         captions = [entry["false_caption"], entry["true_caption"]]
         if not all(isinstance(c, str) and c for c in captions) or not isinstance(entry["image_path"], str):

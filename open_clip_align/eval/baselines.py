@@ -15,22 +15,15 @@ positive" alone is not enough: a cycle (x, y), (y, z), (z, x) scores 2/3 or 1/3.
 bag-identical pairs) count as wrong under strict rules and are reported in ``n_ties``.
 """
 import math
-import re
 from collections import Counter
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .items import EvalDataError, Item
-from .sugarcrepe import bag_of_words
+from .sugarcrepe import bag_of_words, words
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
-_WORD = re.compile(r"[a-z0-9]+")  # the same word definition as sugarcrepe.bag_of_words, kept in order
-
-
-def words(text: str) -> List[str]:
-    """Lower-cased word tokens in order (punctuation dropped); ``sorted(words(t)) == bag_of_words(t)``."""
-    return _WORD.findall(text.lower())
 
 
 def bag_identical(a: str, b: str) -> bool:

@@ -6,6 +6,7 @@ gives a different model key. Writes go to a temporary file that is then renamed.
 """
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Dict, Optional
@@ -37,7 +38,14 @@ class FeatureCache:
         self.path = Path(cache_dir) / f"image-features-{key}.pt"
         self.features: Dict[str, torch.Tensor] = {}
         if self.path.is_file():
-            self.features = torch.load(self.path, weights_only=True)
+            try:
+                self.features = torch.load(self.path, weights_only=True)
+            except Exception as err:  # a cache is disposable: say so and rebuild it rather than stop
+                logging.warning(f"feature cache {self.path} is unreadable ({type(err).__name__}); ignoring it, "
+                                f"it is rewritten after this run's encoding")
+            if not isinstance(self.features, dict):
+                logging.warning(f"feature cache {self.path} holds no feature table; ignoring it")
+                self.features = {}
         self.dirty = False
 
     def get(self, ref: ImageRef) -> Optional[torch.Tensor]:

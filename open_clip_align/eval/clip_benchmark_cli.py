@@ -12,8 +12,47 @@ Protocol differences to know: CLIP_benchmark's ``sugar_crepe`` takes argmax over
 order-blind text tower scores 100% instead of 0% on bag-identical items); read ``acc``, not the trivial
 ``image_acc``. Its retrieval default is R@5 only (pass ``--recall_k 1 5 10``), and on CPU pass ``--no_amp``.
 Install it with ``pip install 'open_clip_align[eval]'`` (clip-benchmark 1.6.2).
+
+QuickGELU: CLIP_benchmark builds ``--model ViT-B-32 --pretrained openai`` (and its ``--pretrained_model openai``
+collection, which lists plain names) as GELU, with embeddings that differ from the released model. Here its
+open_clip loader is replaced by one that builds such pairs with QuickGELU and says so in one line.
 """
+import logging
 import sys
+
+PROG = "open-clip-align-clip-benchmark"
+
+
+def load_open_clip(model_name: str = "ViT-B-32-quickgelu", pretrained: str = "laion400m_e32", cache_dir: str = None,
+                   device="cpu"):
+    """CLIP_benchmark's ``load_open_clip`` (same signature and result: model, transform, tokenizer) with
+    ``force_quick_gelu`` when ``pretrained`` is an OpenAI tag and ``model_name`` builds GELU."""
+    import open_clip
+
+    from ..models.activation import force_quickgelu_kwargs
+    from .cli import info_lines_shown
+
+    with info_lines_shown():
+        quick_gelu = force_quickgelu_kwargs(model_name, pretrained, where=PROG)
+    model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
+                                                                cache_dir=cache_dir, **quick_gelu)
+    return model.to(device), transform, open_clip.get_tokenizer(model_name)
+
+
+def install_loader() -> bool:
+    """Point CLIP_benchmark's ``open_clip`` model type at ``load_open_clip``; False (with a warning) when this
+    CLIP_benchmark version has no ``clip_benchmark.models.TYPE2FUNC`` to do it with."""
+    try:
+        from clip_benchmark import models
+    except ImportError:
+        models = None
+    table = getattr(models, "TYPE2FUNC", None)
+    if not isinstance(table, dict) or "open_clip" not in table:
+        logging.warning(f"{PROG}: this CLIP_benchmark has no TYPE2FUNC['open_clip']; OpenAI weights on a plain "
+                        f"model name will run with GELU (pass the -quickgelu model name)")
+        return False
+    table["open_clip"] = load_open_clip
+    return True
 
 
 def main() -> None:
@@ -22,9 +61,10 @@ def main() -> None:
     try:
         from clip_benchmark import cli
     except ImportError as err:
-        print(f"open-clip-align-clip-benchmark: error: CLIP_benchmark is not installed ({err}); "
+        print(f"{PROG}: error: CLIP_benchmark is not installed ({err}); "
               f"pip install 'open_clip_align[eval]' (clip-benchmark==1.6.2)", file=sys.stderr)
         sys.exit(2)
+    install_loader()
     sys.exit(cli.main())
 
 

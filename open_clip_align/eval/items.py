@@ -8,8 +8,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from ..errors import UserError
 
-class EvalDataError(ValueError):
+
+class EvalDataError(UserError):
     """Benchmark data is missing or malformed; the message names the file, item and what was expected."""
 
 
@@ -49,6 +51,26 @@ class Item:
     match: Sequence[Sequence[bool]]
     group: str = ""
     meta: Dict = field(default_factory=dict)
+
+
+def json_type(value) -> str:
+    """How a JSON value reads in an error message: ``null``, ``true``, ``number 3``, ``a list``, ``string 'x'``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return f"number {value!r}"
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    return f"{type(value).__name__} {str(value)[:60]!r}"
+
+
+def text_field(entry: dict, field: str, where: str) -> str:
+    """``entry[field]`` when it is a non-empty string, else EvalDataError naming ``where`` (file and item), the
+    field and what it holds (a SugarCrepe caption of 3 or null must not reach the tokenizer)."""
+    value = entry[field]
+    if not isinstance(value, str) or not value.strip():
+        raise EvalDataError(f"{where}: {field!r} must be a non-empty string, got {json_type(value)}")
+    return value
 
 
 def require_file(path, benchmark: str, expected: str) -> None:

@@ -137,7 +137,7 @@ def _generic_rows(metrics: dict) -> List[Row]:
     for key, value in metrics.items():
         if key in COUNT_KEYS or key == "blind":
             continue
-        if _is_number(value):
+        if _is_number(value) or value is None:  # None: not defined here (e.g. top5 with < 5 classes), shown as –
             rows.append((key, key))
         elif isinstance(value, dict) and 0 < len(value) <= MAX_GROUP and all(
                 _is_number(v) or v is None for v in value.values()):

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .items import EvalDataError, ImageRef, require_file
+from .scoring import exact_cosines
 
 DATASETS = {"coco": ("coco_karpathy_test.json", 5000), "flickr": ("flickr30k_test.json", 1000)}
 PROTOCOL = {"tie_policy": "strict: a wrong candidate scoring equal to the right one ranks ahead of it",
@@ -86,7 +87,8 @@ def metrics(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[
 def _similarity(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]]
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``(similarity [n_images, n_captions], caption_image [n_captions], text_to_image)`` with captions
-    flattened image by image; each unique image and caption encoded once. ``text_to_image [n_captions,
+    flattened image by image; each unique image and caption encoded once; cosines from ``exact_cosines``, so
+    identical captions of different images tie exactly. ``text_to_image [n_captions,
     n_images]`` is None unless the scorer ranks each direction with its own scores (``retrieval_scores``)."""
     if len(images) != len(captions) or not images:
         raise EvalDataError(f"retrieval needs one caption list per image, got {len(images)} images and "
@@ -100,7 +102,7 @@ def _similarity(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[
     text_features = scorer.text_features([c for _, c in flat])
     img = torch.stack([image_features[r] for r in images])
     txt = torch.stack([text_features[c] for _, c in flat])
-    return img @ txt.T, caption_image, None
+    return exact_cosines(img, txt), caption_image, None
 
 
 def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],

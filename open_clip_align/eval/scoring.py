@@ -2,7 +2,15 @@
 
 ``DualEncoderScorer`` wraps any open_clip-style model (``encode_image``/``encode_text``): s(image, caption) is
 the cosine of the L2-normalised embeddings. Other scorers (e.g. ComAlign's) only need ``score_items``.
+
+Exact ties stay ties. A float32 ``[n, D] @ [D, m]`` product can give two identical columns different values
+(BLAS blocking and edge kernels depend on the shapes and on a column's position: ~1e-9 apart), so an item
+whose two captions are the same string could be decided by noise. Here (1) features are computed once per
+unique token sequence, so equal captions share one feature tensor, and (2) every cosine is computed *exactly*
+on fixed-point copies of the features (``fixed_point``, ``exact_cosines``): the score of a pair is then a
+function of that pair's two vectors alone, whatever the batch, shapes or column order.
 """
+import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -10,6 +18,52 @@ from tqdm import tqdm
 
 from .cache import FeatureCache
 from .items import ImageRef, Item
+
+# float64 holds integers up to 2^53 exactly
+_SIGNIFICAND_BITS = 53
+_MAX_NORM = 1.0 + 2.0 ** -10  # inputs of fixed_point must be L2-normalised (up to float rounding)
+PAIR_CHUNK = 8192  # (image, caption) pairs per elementwise product in score_items
+
+
+def exact_bits(n_terms: int = 1) -> int:
+    """Fixed-point bits b for which a sum of ``n_terms`` dot products is exact in float64.
+
+    With vectors of norm <= ``_MAX_NORM`` rounded to multiples of 2^-b, every product of two components is a
+    multiple of 2^-2b and every partial sum of a dot product is bounded by Σ|a_i b_i| <= ‖a‖‖b‖ < 2
+    (Cauchy-Schwarz), so a sum of ``n_terms`` such dot products is a multiple of 2^-2b below 2·n_terms in
+    magnitude: exact when 2·n_terms·2^2b <= 2^53. One cosine: b = 26 (rounding error <= 2^-27 per component,
+    below float32's resolution of a cosine); ComAlign's means over 10 components: b = 24.
+    """
+    return (_SIGNIFICAND_BITS - 1 - math.ceil(math.log2(max(1, n_terms)))) // 2
+
+
+def fixed_point(features: torch.Tensor, bits: Optional[int] = None) -> torch.Tensor:
+    """float64 copy of L2-normalised ``features [..., D]`` rounded to multiples of 2^-bits (default
+    ``exact_bits()``): dot products of such copies are exact in float64 in any summation order, blocking or
+    FMA use (see ``exact_bits``), hence bit-identical for equal inputs. Raises ValueError on a norm > 1."""
+    bits = exact_bits() if bits is None else bits
+    features = features.double()
+    largest = features.norm(dim=-1).max().item() if features.numel() else 0.0
+    if largest > _MAX_NORM:
+        raise ValueError(f"fixed_point needs L2-normalised features (norm <= 1), got a norm of {largest:.6g}")
+    scale = 2.0 ** bits
+    return torch.round(features * scale) / scale
+
+
+def exact_cosines(image_features: torch.Tensor, text_features: torch.Tensor,
+                  max_block_elements: int = 1 << 23) -> torch.Tensor:
+    """Cosines ``[Ni, Nt]`` (float32) of L2-normalised ``image_features [Ni, D]`` and ``text_features [Nt, D]``.
+
+    Computed exactly on ``fixed_point`` copies in float64 (image rows in blocks of at most
+    ``max_block_elements`` float64 outputs) and rounded once to float32, so entry (i, t) depends on image i and
+    text t only: equal inputs give bit-identical scores in any position of any call.
+    """
+    images, texts = fixed_point(image_features), fixed_point(text_features)
+    out = torch.empty(images.shape[0], texts.shape[0], dtype=torch.float32)
+    rows = max(1, max_block_elements // max(1, texts.shape[0]))
+    for start in range(0, images.shape[0], rows):
+        out[start:start + rows] = (images[start:start + rows] @ texts.T).float()
+    return out
 
 
 def pairwise_decisions(pos_scores: torch.Tensor, neg_scores: torch.Tensor):
@@ -47,6 +101,7 @@ class DualEncoderScorer:
         self._images: Dict[ImageRef, torch.Tensor] = {}
         self._texts: Dict[str, torch.Tensor] = {}
         self._text_norms: Dict[str, float] = {}
+        self._by_tokens: Dict[bytes, tuple] = {}  # token row -> (feature [D], norm)
         self.images_encoded = 0  # images actually run through the model (not found in memory or on disk)
 
     @property
@@ -86,15 +141,30 @@ class DualEncoderScorer:
 
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """``{caption: [D]}`` L2-normalised, fp32 on CPU; each unique caption encoded once."""
+        """``{caption: [D]}`` L2-normalised, fp32 on CPU.
+
+        Each unique *token sequence* is encoded once: captions that tokenize alike (the same string, or e.g. case
+        and spacing the tokenizer folds) share one feature tensor. Encoding the same caption in batches of other
+        sizes can move its feature by ~1e-6 on CPU, so sharing is what makes duplicates bit-identical.
+        """
         todo = [t for t in dict.fromkeys(texts) if t not in self._texts]
-        for start in tqdm(range(0, len(todo), self.text_batch_size), desc="encode texts", leave=False,
-                          disable=not self.progress):
-            chunk = todo[start:start + self.text_batch_size]
-            raw = self.model.encode_text(self.tokenizer(chunk).to(self.device)).float().cpu()
-            norms = raw.norm(dim=-1)
-            for text, feat, norm in zip(chunk, torch.nn.functional.normalize(raw, dim=-1), norms):
-                self._texts[text], self._text_norms[text] = feat, norm.item()
+        if todo:
+            tokens = torch.as_tensor(self.tokenizer(todo))
+            keys = [row.numpy().tobytes() for row in tokens.cpu()]
+            first = {}
+            for index, key in enumerate(keys):
+                if key not in self._by_tokens:
+                    first.setdefault(key, index)
+            new_keys, rows = list(first), list(first.values())
+            for start in tqdm(range(0, len(rows), self.text_batch_size), desc="encode texts", leave=False,
+                              disable=not self.progress):
+                chunk = rows[start:start + self.text_batch_size]
+                raw = self.model.encode_text(tokens[chunk].to(self.device)).float().cpu()
+                for key, feat, norm in zip(new_keys[start:start + len(chunk)],
+                                           torch.nn.functional.normalize(raw, dim=-1), raw.norm(dim=-1)):
+                    self._by_tokens[key] = (feat, norm.item())
+            for text, key in zip(todo, keys):
+                self._texts[text], self._text_norms[text] = self._by_tokens[key]
         return {t: self._texts[t] for t in texts}
 
     def text_norms(self, texts: Sequence[str]) -> Dict[str, float]:
@@ -103,8 +173,25 @@ class DualEncoderScorer:
         return {t: self._text_norms[t] for t in texts}
 
     def score_items(self, items: Sequence[Item]) -> List[torch.Tensor]:
-        """One ``[n_images, n_captions]`` cosine matrix per item (all images/texts encoded up front)."""
+        """One ``[n_images, n_captions]`` float32 cosine matrix per item (all images/texts encoded up front).
+
+        Entry (i, j) depends only on image i and caption j: every (image, caption) pair of every item is one
+        exact dot product of ``fixed_point`` copies (made once per unique feature), so a caption repeated within
+        an item ties exactly and a pair scores the same in every item and position.
+        """
+        if not items:
+            return []
         images = self.image_features([ref for it in items for ref in it.images])
         texts = self.text_features([c for it in items for c in it.captions])
-        return [torch.stack([images[r] for r in it.images]) @ torch.stack([texts[c] for c in it.captions]).T
-                for it in items]
+        image_row = {r: i for i, r in enumerate(images)}
+        text_row = {c: i for i, c in enumerate(texts)}
+        image_fp = fixed_point(torch.stack(list(images.values())))
+        text_fp = fixed_point(torch.stack(list(texts.values())))
+        pair_image = torch.tensor([image_row[r] for it in items for r in it.images for _ in it.captions])
+        pair_text = torch.tensor([text_row[c] for it in items for _ in it.images for c in it.captions])
+        scores = torch.empty(len(pair_image), dtype=torch.float32)
+        for start in range(0, len(scores), PAIR_CHUNK):
+            rows = slice(start, start + PAIR_CHUNK)
+            scores[rows] = (image_fp[pair_image[rows]] * text_fp[pair_text[rows]]).sum(dim=-1).float()
+        sizes = [len(it.images) * len(it.captions) for it in items]
+        return [block.view(len(it.images), len(it.captions)) for block, it in zip(scores.split(sizes), items)]

@@ -9,16 +9,19 @@ and it keeps only ``mturk.caption >= 2``, the VALSE README's "valid" items, as w
 
 Images come from several datasets (Visual7W, COCO 2014/2017, SWiG, VisDial), so an item's image is looked up
 by its ``dataset`` field: ``<root>/images/<dataset>/<image_file>`` unless ``image_dirs`` names the folder(s)
-for that dataset (see ``LAYOUT``). "avg" is the mean of the instrument accuracies (all 11: the papers' Avg);
-the 9 columns of the DeGLA/CE-CLIP tables group them, Counting being the mean of the three counting files.
+for that dataset (see ``LAYOUT``). The released files spell COCO 2017 two ways (``plurals.json``: ``coco2017``,
+``relations.json``: ``coco_2017``); both spellings find images under either folder name. "avg" is the mean of
+the instrument accuracies (all 11: the papers' Avg); the 9 columns of the DeGLA/CE-CLIP tables group them,
+Counting being the mean of the three counting files.
 """
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, require_file
+from .items import EvalDataError, ImageRef, Item, require_file, text_field
 from .scoring import pairwise_decisions
 
 INSTRUMENTS = ("existence", "plurals", "counting-hard", "counting-small-quant", "counting-adversarial",
@@ -30,6 +33,8 @@ COLUMNS = {"Existence": ("existence",), "Plurality": ("plurals",),
            "Actant swap": ("actant-swap",), "Coreference standard": ("coreference-standard",),
            "Coreference clean": ("coreference-hard",), "Foil-it": ("foil-it",)}
 MIN_CAPTION_VOTES = 2
+# one image source, two spellings in the released files: plurals.json "coco2017", relations.json "coco_2017"
+DATASET_ALIASES = {"coco2017": ("coco2017", "coco_2017"), "coco_2017": ("coco_2017", "coco2017")}
 
 
 def protocol(mturk_filter: bool = True) -> dict:
@@ -46,9 +51,11 @@ PROTOCOL = protocol(mturk_filter=True)
 LAYOUT = ("<root>/<instrument>.json for each of " + ", ".join(INSTRUMENTS) + " (official VALSE format: a dict "
           "of {'dataset', 'image_file', 'caption', 'foil', 'classes', 'classes_foil', 'mturk': {'caption', "
           "'foil', 'other'}}); each item's image at <root>/images/<dataset>/<image_file>, <dataset> being the "
-          "item's 'dataset' field verbatim (visual7w, coco2017, SWiG, VisDial_v1.0, 'FOIL dataset'), or in the "
-          "folder(s) given by image_dirs={dataset: dir or [dirs]} (relative to <root>; several dirs are searched "
-          "in order, e.g. VisDial_v1.0 items name COCO train2014, COCO val2014 and VisualDialog_val2018 files)")
+          "item's 'dataset' field verbatim (visual7w, SWiG, VisDial_v1.0, 'FOIL dataset'; COCO 2017 is spelled "
+          "coco2017 in plurals.json and coco_2017 in relations.json: one folder named either way serves both), "
+          "or in the folder(s) given by image_dirs={dataset: dir or [dirs]} (relative to <root>; several dirs are "
+          "searched in order, e.g. VisDial_v1.0 items name COCO train2014, COCO val2014 and VisualDialog_val2018 "
+          "files)")
 
 ImageDirs = Mapping[str, Union[str, Path, Sequence[Union[str, Path]]]]
 
@@ -61,10 +68,13 @@ def check_instruments(instruments: Sequence[str]) -> None:
 
 
 def image_folders(root, dataset: str, image_dirs: Optional[ImageDirs] = None) -> List[Path]:
-    """The folders searched, in order, for an image of source ``dataset`` (see ``LAYOUT``)."""
-    given = (image_dirs or {}).get(dataset)
+    """The folders searched, in order, for an image of source ``dataset`` (see ``LAYOUT``): ``image_dirs``'
+    entry for the dataset (or for another spelling of it, ``DATASET_ALIASES``), else ``images/<spelling>`` for
+    each spelling."""
+    names = DATASET_ALIASES.get(dataset, (dataset,))
+    given = next((image_dirs[n] for n in names if n in (image_dirs or {})), None)
     if given is None:
-        return [Path(root) / "images" / dataset]
+        return [Path(root) / "images" / name for name in names]
     return [Path(root) / d for d in ([given] if isinstance(given, (str, Path)) else given)]
 
 
@@ -72,7 +82,7 @@ def _is_valid(path: Path, key: str, entry: dict) -> bool:
     """VALSE README: valid iff at least 2 of 3 annotators chose the caption (and not the foil)."""
     mturk = entry.get("mturk")
     votes = mturk.get("caption") if isinstance(mturk, dict) else None
-    if isinstance(votes, bool) or not isinstance(votes, (int, float)):
+    if isinstance(votes, bool) or not isinstance(votes, (int, float)) or not math.isfinite(votes):
         raise EvalDataError(f"{path}: item {key!r} lacks a numeric mturk.caption (needed by the mturk filter; "
                             f"pass mturk_filter=False to keep every item)")
     return votes >= MIN_CAPTION_VOTES
@@ -98,15 +108,18 @@ def load_instrument(root, instrument: str, mturk_filter: bool = True,
         missing = {"dataset", "image_file", "caption", "foil"} - set(entry if isinstance(entry, dict) else ())
         if missing:
             raise EvalDataError(f"{path}: item {key!r} lacks {sorted(missing)}")
+        where = f"{path}: item {key!r}"
+        dataset, image_file, caption, foil = (text_field(entry, f, where)
+                                              for f in ("dataset", "image_file", "caption", "foil"))
         if mturk_filter and not _is_valid(path, key, entry):
             continue
-        folders = image_folders(root, str(entry["dataset"]), image_dirs)
-        image = next((d / entry["image_file"] for d in folders if (d / entry["image_file"]).is_file()), None)
+        folders = image_folders(root, dataset, image_dirs)
+        image = next((d / image_file for d in folders if (d / image_file).is_file()), None)
         if image is None:
-            raise EvalDataError(f"{path}: item {key!r} names image {entry['image_file']!r} (dataset "
-                                f"{entry['dataset']!r}), not found in {', '.join(map(str, folders))}")
+            raise EvalDataError(f"{where} names image {image_file!r} (dataset {dataset!r}), not found in "
+                                f"{', '.join(map(str, folders))}")
         items.append(Item(id=f"{instrument}/{key}", images=[ImageRef(str(image))],
-                          captions=[entry["caption"], entry["foil"]], match=[[True, False]], group=instrument,
+                          captions=[caption, foil], match=[[True, False]], group=instrument,
                           meta={"n_in_file": len(raw), "mturk_filter": mturk_filter, "dataset": entry["dataset"],
                                 "mturk": entry.get("mturk"), "classes": entry.get("classes"),
                                 "classes_foil": entry.get("classes_foil")}))

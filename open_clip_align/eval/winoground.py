@@ -17,7 +17,7 @@ from typing import List, Sequence
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, require_file
+from .items import EvalDataError, ImageRef, Item, require_file, text_field
 
 PROTOCOL = {"tie_policy": "official (strict comparisons: a tie is wrong)",
             "averaging": "micro over items; per tag over the items carrying it",
@@ -68,14 +68,16 @@ def load(root, layout: str = "auto") -> List[Item]:
         missing = set(KEYS + (("id",) if layout == "hf" else ())) - set(entry if isinstance(entry, dict) else ())
         if missing:
             raise EvalDataError(f"{path}: {where} lacks {sorted(missing)}")
+        captions = [text_field(entry, key, f"{path}: {where}") for key in ("caption_0", "caption_1")]
         images = []
         for key in ("image_0", "image_1"):
-            image = root / (entry[key] if layout == "pairs" else f"images/{entry[key]}.png")
+            name = text_field(entry, key, f"{path}: {where}")
+            image = root / (name if layout == "pairs" else f"images/{name}.png")
             if not image.is_file():
                 raise EvalDataError(f"{path}: {where} names {key} {image}, which does not exist")
             images.append(ImageRef(str(image)))
         items.append(Item(id=str(entry.get("id", len(items))), images=images,
-                          captions=[entry["caption_0"], entry["caption_1"]], match=[[True, False], [False, True]],
+                          captions=captions, match=[[True, False], [False, True]],
                           group="winoground", meta={"tags": _tags(path, where, entry, layout), "line": line_no}))
     if not items:
         raise EvalDataError(f"{path}: no items")

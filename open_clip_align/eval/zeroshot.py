@@ -2,8 +2,9 @@
 
 Classifier: for each class, every template filled with the class name is embedded and L2-normalised; the
 embeddings are averaged and re-normalised, giving W [C, D]. logits = 100 · normalise(image) · Wᵀ. Metrics:
-top-1 and top-5 accuracy (k capped at C) and mean per-class recall (top-1 recall averaged over the classes that
-have test images, sklearn's ``balanced_accuracy_score`` as CLIP_benchmark uses it).
+top-1 and top-5 accuracy (top-k is None with fewer than k classes, as CLIP_benchmark reports top-5 as NaN below
+5 classes) and mean per-class recall (top-1 recall averaged over the classes that have test images, sklearn's
+``balanced_accuracy_score`` as CLIP_benchmark uses it).
 
 Two local layouts are read:
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .items import EvalDataError, ImageRef, require_file
+from .scoring import exact_cosines
 
 DEFAULT_TEMPLATES = ("itap of a {c}.", "a bad photo of the {c}.", "a origami {c}.", "a photo of the large {c}.",
                      "a {c} in a video game.", "art of the {c}.", "a photo of the small {c}.", "a photo of a {c}.")
@@ -36,8 +38,8 @@ TIE_RULES = {"official": "official: a tie goes to the lower class index (torch.a
              "strict": "strict: a tie with a wrong class is a miss"}
 TIE_POLICIES = tuple(TIE_RULES)
 PROTOCOL = {"tie_policy": TIE_RULES["official"],
-            "averaging": "top-k over images (k capped at the number of classes); mean per-class recall over "
-                         "classes with test images",
+            "averaging": "top-k over images (null with fewer than k classes, as CLIP_benchmark's NaN top-5); "
+                         "mean per-class recall over classes with test images",
             "classifier": "per class: mean of L2-normalised template embeddings, re-normalised; "
                           "logits = 100 * normalise(image) @ W.T",
             "split": "test"}
@@ -70,8 +72,11 @@ def zeroshot_classifier(text_features_per_class: Sequence[torch.Tensor]) -> torc
 
 
 def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """logits [N, C] = 100 · normalise(image_features [N, D]) · classifier [C, D]ᵀ."""
-    return 100.0 * F.normalize(image_features.float(), dim=-1) @ classifier.T
+    """logits [N, C] = 100 · normalise(image_features [N, D]) · classifier [C, D]ᵀ (rows L2-normalised).
+
+    The cosines come from ``exact_cosines``: two classes with the same classifier row (e.g. a repeated class
+    name) tie exactly, so the tie rule, not float noise, decides between them."""
+    return 100.0 * exact_cosines(F.normalize(image_features.float(), dim=-1), classifier)
 
 
 def class_ranks(logits: torch.Tensor, labels: torch.Tensor, tie_policy: str = "official") -> torch.Tensor:
@@ -88,7 +93,8 @@ def class_ranks(logits: torch.Tensor, labels: torch.Tensor, tie_policy: str = "o
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5),
                            tie_policy: str = "official") -> dict:
-    """``top{k}`` accuracy (%) for each k (capped at C, so top-5 of 3 classes is top-3), ``mean_per_class_recall``
+    """``top{k}`` accuracy (%) for each k (None when k > C: CLIP_benchmark reports top-5 as NaN with fewer than 5
+    classes, not a capped number), ``mean_per_class_recall``
     (%, top-1 recall averaged over the classes present in ``labels``), ``n_items``, ``n_classes`` and ``n_ties``
     (rows whose highest logit is shared by two or more classes). ``logits [N, C]``, ``labels [N]``."""
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -99,7 +105,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Seque
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes}), got {labels.min().item()}..{labels.max().item()}")
     rank = class_ranks(logits, labels, tie_policy)
-    result = {f"top{k}": 100.0 * (rank < min(k, n_classes)).float().mean().item() for k in ks}
+    result = {f"top{k}": 100.0 * (rank < k).float().mean().item() if k <= n_classes else None for k in ks}
     hit = (rank == 0).float()
     present = labels.unique()
     recall = torch.stack([hit[labels == c].mean() for c in present])
