@@ -21,7 +21,8 @@ from open_clip_align.errors import UsageError
 from open_clip_align.comalign import embed
 from open_clip_align.comalign.annotations import ComAlignDataError
 from open_clip_align.comalign.text import TextComponents
-from open_clip_align.comalign.data import ComAlignFeatureDataset, draw_caption, get_comalign_train_data, phrase_tokens
+from open_clip_align.comalign.data import ComAlignFeatureDataset, draw_caption, get_comalign_train_data
+from open_clip_align.comalign.slots import phrase_tokens
 from open_clip_align.data.synthetic import generate
 from open_clip_align.comalign.loss import ComAlignLoss
 from open_clip_align.methods import create_loss

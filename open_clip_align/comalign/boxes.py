@@ -250,8 +250,12 @@ def _load_state_dict(path: Path) -> dict:
                                 f"is downloaded)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as err:  # noqa: BLE001  (any unreadable file is the same user error)
-        raise ComAlignDataError(f"detector weights {path} cannot be read as a torch state dict ({err})") from None
+        raise ComAlignDataError(f"detector weights {path} cannot be read as a torch state dict ({type(err).__name__}: "
+                                f"the file is truncated, damaged, not written by torch.save or holds pickled objects "
+                                f"besides tensors)") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -338,3 +342,55 @@ class UltralyticsBoxes(BoxProvider):
     def options(self) -> dict:
         return {"weights_path": self.weights_path, "score_threshold": self.score_threshold,
                 "max_boxes": self.max_boxes}
+
+
+# ------------------------------------------------------------------------------------------ command-line options
+
+def add_box_arguments(group, prefix: str = "", default: Optional[str] = None) -> None:
+    """The box-provider flags, one definition for the embed tool (``prefix=""``: ``--boxes``), training and the
+    evaluation suite (``prefix="comalign-"``: ``--comalign-boxes``). ``default=None`` makes the provider required."""
+    group.add_argument(f"--{prefix}boxes", default=default, required=default is None, choices=box_providers(),
+                       help="region proposer: gt = ShapeCrepe scene boxes (--{0}scenes); segment = Felzenszwalb "
+                            "segments (offline, no weights); grid = 3x3 cells + centre; torchvision = a local "
+                            "detector (--{0}detector-weights); ultralytics = YOLO weights (--{0}detector-weights; "
+                            "needs the ultralytics package)".format(prefix))
+    group.add_argument(f"--{prefix}scenes", nargs="+", default=None, help="gt boxes: ShapeCrepe scenes.jsonl file(s)")
+    group.add_argument(f"--{prefix}detector-weights", default=None,
+                       help="torchvision/ultralytics boxes: a LOCAL weights file (never downloaded)")
+    group.add_argument(f"--{prefix}detector-arch", default="fasterrcnn_resnet50_fpn",
+                       help="torchvision boxes: the detector architecture")
+    group.add_argument(f"--{prefix}detector-threshold", type=float, default=None,
+                       help="detector boxes: minimum score in [0, 1] (default: the provider's own)")
+    group.add_argument(f"--{prefix}detector-device", default="cpu", help="detector boxes: the device it runs on")
+
+
+def box_options(args, prefix: str = "") -> dict:
+    """``make_box_provider`` options from the flags of ``add_box_arguments``; ComAlignDataError naming the flag
+    when the provider lacks its file or the threshold is outside [0, 1]."""
+    dest = prefix.replace("-", "_")
+    name = getattr(args, f"{dest}boxes")
+    scenes, weights = getattr(args, f"{dest}scenes"), getattr(args, f"{dest}detector_weights")
+    threshold = getattr(args, f"{dest}detector_threshold")
+    if name == "gt":
+        if not scenes:
+            raise ComAlignDataError(f"--{prefix}boxes gt needs --{prefix}scenes DIR/scenes.jsonl (ShapeCrepe's scene "
+                                    f"graphs)")
+        return {"scenes": [str(s) for s in scenes]}
+    if name not in ("torchvision", "ultralytics"):
+        return {}
+    if not weights:
+        raise ComAlignDataError(f"--{prefix}boxes {name} needs --{prefix}detector-weights FILE (local weights; "
+                                f"nothing is downloaded)")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ComAlignDataError(f"--{prefix}detector-threshold must be in [0, 1], got {threshold}")
+    options = {"weights_path": str(weights), "device": getattr(args, f"{dest}detector_device")}
+    if threshold is not None:
+        options["score_threshold"] = threshold
+    if name == "torchvision":
+        options["arch"] = getattr(args, f"{dest}detector_arch")
+    return options
+
+
+def box_provider_from_args(args, prefix: str = "") -> "BoxProvider":
+    """The provider the ``add_box_arguments`` flags describe."""
+    return make_box_provider(getattr(args, f"{prefix.replace('-', '_')}boxes"), **box_options(args, prefix))

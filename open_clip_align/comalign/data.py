@@ -21,9 +21,9 @@ from open_clip_train.data import DataInfo, SharedEpoch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .annotations import ComAlignDataError, ImageCaptions, load_annotations
-from .boxes import make_box_provider
+from .boxes import box_options, make_box_provider
 from .embed import ViewDataset
-from .slots import store_image_slots, store_text_slots
+from .slots import phrase_tokens, store_image_slots, store_text_slots
 from .store import ComponentStore
 from .text import ComponentParser, TextComponents
 
@@ -61,20 +61,6 @@ class ComAlignFeatureDataset(Dataset):
         return store_image_slots(self.arrays, [idx])[0], store_text_slots(self.arrays, [j])[0]
 
 
-def phrase_tokens(tokenizer, caption: str, components: TextComponents, n_entity: int,
-                  n_relation: int) -> torch.Tensor:
-    """Token rows ``[1 + n_entity + n_relation, L]``: the caption, its entity phrases, its relation phrases;
-    unused slots are all-zero rows (pads)."""
-    texts = [caption, *components.entities[:n_entity], *components.relations[:n_relation]]
-    tokens = tokenizer(texts)
-    out = torch.zeros((1 + n_entity + n_relation, tokens.shape[-1]), dtype=tokens.dtype)
-    n_e = min(len(components.entities), n_entity)
-    out[0] = tokens[0]
-    out[1:1 + n_e] = tokens[1:1 + n_e]
-    out[1 + n_entity:1 + n_entity + len(tokens) - 1 - n_e] = tokens[1 + n_e:]
-    return out
-
-
 class ComAlignImageDataset(Dataset):
     """Images + captions; item -> (views [Ne+Nr+1, 3, H, W], token rows [1+Ne+Nr, L]).
 
@@ -104,19 +90,6 @@ class ComAlignImageDataset(Dataset):
         return views, tokens
 
 
-def _box_options(args) -> dict:
-    if args.comalign_boxes == "gt":
-        if not args.comalign_scenes:
-            raise ComAlignDataError("--comalign-boxes gt needs --comalign-scenes scenes.jsonl")
-        return {"scenes": args.comalign_scenes}
-    if args.comalign_boxes in ("torchvision", "ultralytics"):
-        if not args.comalign_detector_weights:
-            raise ComAlignDataError(f"--comalign-boxes {args.comalign_boxes} needs --comalign-detector-weights "
-                                    f"FILE (local weights; nothing is downloaded)")
-        return {"weights_path": args.comalign_detector_weights}
-    return {}
-
-
 def _slots(args) -> Tuple[int, int]:
     """(n_entity, n_relation) of the model's head config."""
     from ..models import plugin_block
@@ -131,7 +104,7 @@ def _image_dataset(args, preprocess, tokenizer, epoch: int) -> ComAlignImageData
         args.train_data, None if args.comalign_annotation_format == "auto" else args.comalign_annotation_format,
         image_root=args.comalign_image_root, max_captions=args.comalign_max_captions,
         img_key=args.csv_img_key, caption_key=args.csv_caption_key, separator=args.csv_separator)
-    provider = make_box_provider(args.comalign_boxes, **_box_options(args))
+    provider = make_box_provider(args.comalign_boxes, **box_options(args, "comalign-"))
     parser = ComponentParser(n_entity=n_entity, n_relation=n_relation)
     flat = parser.parse_many([c for r in records for c in r.captions])
     components, start = [], 0

@@ -4,7 +4,7 @@ captioned images rendered into views), its model set-up (the head checkpoint) an
 from ..flag_rules import FlagRule
 from ..methods.hardneg import SOFTMAX_REFUSALS
 from ..methods.registry import Method, ModelNeeds, UsageError, register_method
-from .boxes import box_providers
+from .boxes import add_box_arguments
 
 COMALIGN_DATA = ("features", "images")
 _LOCKS = ("--lock-image", "--lock-image-unlocked-groups", "--lock-image-freeze-bn-stats", "--lock-text",
@@ -45,14 +45,7 @@ class ComAlign(Method):
                             "come from --csv-img-key/--csv-caption-key/--csv-separator.")
         g.add_argument("--comalign-image-root", default=None,
                        help="'images': folder relative image paths resolve against (default: the caption file's).")
-        g.add_argument("--comalign-boxes", default="grid", choices=box_providers(),
-                       help="'images': region proposer. gt = ShapeCrepe scene graphs (--comalign-scenes), segment = "
-                            "felzenszwalb regions, grid = 3x3 grid + centre box (no weights), torchvision/"
-                            "ultralytics = a detector from local weights (--comalign-detector-weights).")
-        g.add_argument("--comalign-scenes", default=None,
-                       help="scenes.jsonl with ground-truth boxes (--comalign-boxes gt).")
-        g.add_argument("--comalign-detector-weights", default=None,
-                       help="Local detector weights for --comalign-boxes torchvision|ultralytics (never downloaded).")
+        add_box_arguments(g, prefix="comalign-", default="grid")  # 'images': boxes per image, as embed and eval
         g.add_argument("--comalign-render", default="grey", choices=("grey", "crop"),
                        help="How a view shows its box: the whole image greyed outside it (the paper's figure), or "
                             "a crop.")

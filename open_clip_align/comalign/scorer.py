@@ -16,11 +16,12 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from .data import phrase_tokens
-from ..eval.items import ImageRef, Item
+from ..eval.items import EvalDataError, ImageRef, Item
+from ..eval.model_scorers import ModelScorer, register_model_scorer
 from ..eval.scoring import DualEncoderScorer
-from .boxes import BoxProvider
+from .boxes import BoxProvider, add_box_arguments, box_options, box_provider_from_args
 from .scoring import combine, compute_scores
+from .slots import phrase_tokens
 from .text import ComponentParser
 from .views import image_views
 
@@ -128,3 +129,41 @@ class ComAlignScorer:
     def retrieval_scores(self, refs: Sequence[ImageRef], texts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Gallery scores for retrieval: ``(i2t [n_images, n_texts], t2i [n_texts, n_images])``."""
         return self.directional_scores(refs, texts)
+
+
+@register_model_scorer
+class ComAlignModelScorer(ModelScorer):
+    """``python -m open_clip_align.eval`` on a ``comalign-*`` model: rank with its components (``ComAlignScorer``)."""
+
+    name = "comalign"
+    title = "ComAlign model (comalign-*)"
+
+    def add_arguments(self, g):
+        g.add_argument("--comalign-head", default=None, help="head weights (the released file or ours)")
+        add_box_arguments(g, prefix="comalign-", default="grid")
+        g.add_argument("--comalign-render", default="grey", choices=("grey", "crop"), help="how a view shows its box")
+        g.add_argument("--comalign-letterbox", action="store_true", help="pad images to a square before rendering")
+        g.add_argument("--comalign-padding", default="masked", choices=("masked", "reference"),
+                       help="max-mean over real components only (heads trained here) or the released scorer's "
+                            "zero-padded means (the released head)")
+        g.add_argument("--comalign-global", default="refined", choices=("refined", "clip"),
+                       help="global term of the paper mean: the refined token ĉ or CLIP's ĝ")
+
+    def matches(self, model_name):
+        from ..models import plugin_block
+        return (plugin_block(model_name) or {}).get("arch") == "comalign"
+
+    def check(self, args):
+        box_options(args, "comalign-")
+
+    def build(self, args, model, preprocess, tokenizer, base):
+        from .model import load_comalign_head
+        if args.comalign_head:  # after --pretrained, so it wins over the head of a combined checkpoint
+            try:
+                load_comalign_head(model.comalign_head, args.comalign_head)
+            except ValueError as err:
+                raise EvalDataError(str(err)) from None
+        return ComAlignScorer(model, preprocess, tokenizer, box_provider_from_args(args, "comalign-"),
+                              render=args.comalign_render, letterbox=args.comalign_letterbox,
+                              padding=args.comalign_padding, global_term=args.comalign_global, device=args.device,
+                              batch_size=args.batch_size, progress=base.progress, base=base)

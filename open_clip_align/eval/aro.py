@@ -19,7 +19,6 @@ Official formats (repo ``mertyg/vision-language-models-are-bows``):
 Every metric is computed from the score matrices alone, so a text-only scorer can be plugged in.
 """
 import importlib.metadata
-import json
 import math
 import random
 import re
@@ -31,7 +30,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .items import EvalDataError, ImageRef, Item, require_file
+from .items import EvalDataError, ImageRef, Item, read_json, require_file
 
 DATASETS = ("vg_relation", "vg_attribution", "coco_order", "flickr30k_order")
 TIE_POLICIES = ("official", "strict")
@@ -150,15 +149,7 @@ def _installed(distribution: str) -> Optional[str]:
 def _read_json_list(path: Path, dataset: str) -> list:
     """The file's JSON list, with errors naming the file and the expected layout."""
     require_file(path, f"ARO {dataset}", LAYOUTS[dataset])
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, list):
-        raise EvalDataError(f"{path}: expected a JSON list of items, got {type(raw).__name__}")
-    if not raw:
-        raise EvalDataError(f"{path}: no items")
-    return raw
+    return read_json(path, list, "items")
 
 
 def _existing_image(path: Path, where: str, seen: set) -> str:

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 from .aro import DATASETS as ARO_DATASETS
 from .benchmarks import BENCHMARKS, LAYOUTS
 from .items import EvalDataError
+from .model_scorers import add_model_scorer_arguments, check_model_scorer_flags, model_scorer_for
 
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 PROG = "python -m open_clip_align.eval"
@@ -37,8 +38,6 @@ PROG = "python -m open_clip_align.eval"
 BENCHMARK_FLAGS = {"aro_datasets": ("aro",), "spacy_model": ("aro",), "valse_unfiltered": ("valse",),
                    "retrieval_dataset": ("retrieval",), "retrieval_max_captions": ("retrieval",),
                    "zeroshot_split": ("zeroshot",)}
-COMALIGN_FLAGS = ("comalign_head", "comalign_boxes", "comalign_scenes", "comalign_detector_weights",
-                  "comalign_render", "comalign_letterbox", "comalign_padding", "comalign_global")
 
 
 def _count(minimum: int):
@@ -84,20 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval-max-captions", type=_count(1), default=None,
                    help="keep only the first N captions per image (default: all, CLIP_benchmark's protocol)")
     p.add_argument("--zeroshot-split", default="test", help="zeroshot: the split folder to read (default: test)")
-    g = p.add_argument_group("ComAlign models (comalign-*): components per image and caption")
-    g.add_argument("--comalign-head", default=None, help="head weights (the released file or ours)")
-    g.add_argument("--comalign-boxes", default="grid", choices=("gt", "segment", "grid", "torchvision", "ultralytics"),
-                   help="region proposer for the image components (gt needs --comalign-scenes; detectors need "
-                        "--comalign-detector-weights)")
-    g.add_argument("--comalign-scenes", nargs="+", default=None, help="ShapeCrepe scenes.jsonl file(s) for gt boxes")
-    g.add_argument("--comalign-detector-weights", default=None, help="local detector weights")
-    g.add_argument("--comalign-render", default="grey", choices=("grey", "crop"), help="how a view shows its box")
-    g.add_argument("--comalign-letterbox", action="store_true", help="pad images to a square before rendering")
-    g.add_argument("--comalign-padding", default="masked", choices=("masked", "reference"),
-                   help="max-mean over real components only (heads trained here) or the released scorer's "
-                        "zero-padded means (the released head)")
-    g.add_argument("--comalign-global", default="refined", choices=("refined", "clip"),
-                   help="global term of the paper mean: the refined token ĉ or CLIP's ĝ")
+    add_model_scorer_arguments(p)
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="JSON",
                    help="render result files side by side (no evaluation)")
     p.add_argument("--compare-png", type=Path, default=None, help="with --compare: also write a bar chart")
@@ -150,31 +136,20 @@ def data_roots(entries: Sequence[str], benchmarks: Sequence[str]) -> Dict[str, P
 
 def check_flags(args) -> None:
     """Refuse (EvalDataError, one line naming the flag), before any model is built: benchmark flags given
-    without their benchmark and ComAlign flags for a model that is not ComAlign (both would be ignored), an
-    unknown --model, a ComAlign box source without its file, and --device cuda where there is none."""
+    without their benchmark and a model kind's flags (``model_scorers``) for another model (both would be
+    ignored), that kind's own checks, an unknown --model, and --device cuda where there is none."""
     import torch
 
     import open_clip_align  # noqa: F401  (plugin model names)
-    from ..models import plugin_block
 
     defaults = _parser().parse_args([])
     for dest, owners in BENCHMARK_FLAGS.items():
         if getattr(args, dest) != getattr(defaults, dest) and not set(owners) & set(args.benchmark):
             raise EvalDataError(f"{_flag(dest)} applies to --benchmark {' or '.join(owners)}, which is not among "
                                 f"--benchmark {' '.join(args.benchmark)}")
-    comalign = (plugin_block(args.model) or {}).get("arch") == "comalign"
-    if not comalign:
-        for dest in COMALIGN_FLAGS:
-            if getattr(args, dest) != getattr(defaults, dest):
-                raise EvalDataError(f"{_flag(dest)} needs a ComAlign model (comalign-*), not --model {args.model}")
+    check_model_scorer_flags(args, defaults)
     _check_model_name(args.model)
     _check_pretrained(args.model, args.pretrained)
-    needed = {"gt": ("--comalign-scenes", args.comalign_scenes),
-              "torchvision": ("--comalign-detector-weights", args.comalign_detector_weights),
-              "ultralytics": ("--comalign-detector-weights", args.comalign_detector_weights)}
-    flag, value = needed.get(args.comalign_boxes, (None, True))
-    if comalign and not value:
-        raise EvalDataError(f"--comalign-boxes {args.comalign_boxes} needs {flag}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -287,7 +262,6 @@ def build_scorer(args):
     import torch
 
     import open_clip_align  # noqa: F401  (plugin model names)
-    from ..comalign.model import ComAlignCLIP, load_comalign_head
     from ..models.activation import force_quickgelu_kwargs
     from .cache import FeatureCache, model_key
     from .scoring import DualEncoderScorer
@@ -304,11 +278,6 @@ def build_scorer(args):
         if args.pretrained and os.path.isfile(args.pretrained):
             raise EvalDataError(_load_failure(args, err)) from None
         raise
-    if args.comalign_head:  # after --pretrained, so it wins over the head of a combined checkpoint
-        try:
-            load_comalign_head(model.comalign_head, args.comalign_head)
-        except ValueError as err:
-            raise EvalDataError(str(err)) from None
     model.eval()
     cache = None
     if args.cache_dir is not None:
@@ -320,16 +289,8 @@ def build_scorer(args):
     progress = not args.quiet and sys.stderr.isatty()
     scorer = DualEncoderScorer(model, preprocess, tokenizer, device=args.device, batch_size=args.batch_size,
                                workers=args.workers, cache=cache, progress=progress)
-    if not isinstance(model, ComAlignCLIP):
-        return scorer
-    from ..comalign.boxes import make_box_provider
-    from ..comalign.scorer import ComAlignScorer
-    options = {"gt": {"scenes": args.comalign_scenes}, "torchvision": {"weights_path": args.comalign_detector_weights},
-               "ultralytics": {"weights_path": args.comalign_detector_weights}}.get(args.comalign_boxes, {})
-    return ComAlignScorer(model, preprocess, tokenizer, make_box_provider(args.comalign_boxes, **options),
-                          render=args.comalign_render, letterbox=args.comalign_letterbox,
-                          padding=args.comalign_padding, global_term=args.comalign_global, device=args.device,
-                          batch_size=args.batch_size, progress=progress, base=scorer)
+    kind = model_scorer_for(args.model)
+    return scorer if kind is None else kind.build(args, model, preprocess, tokenizer, scorer)
 
 
 def activation(scorer) -> Optional[str]:

@@ -3,7 +3,9 @@
 Adapters (SugarCrepe, ARO, VALSE, Winoground, ...) turn their official files into ``Item`` lists; a scorer
 turns an item into a score matrix ``[n_images, n_captions]``; each benchmark's decision rule reads that matrix.
 """
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
@@ -71,6 +73,24 @@ def text_field(entry: dict, field: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise EvalDataError(f"{where}: {field!r} must be a non-empty string, got {json_type(value)}")
     return value
+
+
+def read_json(path, container: type, what: str):
+    """The JSON document at ``path``, which must be a non-empty ``container`` (``list`` or ``dict``) of
+    ``what``; every problem (not JSON, another type, empty) is an EvalDataError naming the file. A UTF-8
+    byte-order mark is accepted."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise EvalDataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not isinstance(raw, container):
+        shape = "a JSON list" if container is list else "a JSON object"
+        raise EvalDataError(f"{path}: expected {shape} of {what}, got {type(raw).__name__}")
+    if not raw:
+        raise EvalDataError(f"{path}: no {what.split(' ')[0] if what else 'items'}")
+    return raw
 
 
 def require_file(path, benchmark: str, expected: str) -> None:

@@ -9,13 +9,12 @@ Test sets are the Karpathy test splits in the BLIP/ALBEF annotation format: ``co
 CLIP_benchmark does (a few COCO images have 6 or 7); ``max_captions=5`` keeps the first five, as some papers
 do, and the result's protocol records which.
 """
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .items import EvalDataError, ImageRef, require_file
+from .items import EvalDataError, ImageRef, read_json, require_file
 from .scoring import exact_cosines
 
 DATASETS = {"coco": ("coco_karpathy_test.json", 5000), "flickr": ("flickr30k_test.json", 1000)}
@@ -128,15 +127,7 @@ def load(root, dataset: str = "coco", annotation=None, max_captions: Optional[in
     root = Path(root)
     path = root / (annotation if annotation is not None else DATASETS[dataset][0])
     require_file(path, f"retrieval/{dataset}", LAYOUT)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, list):
-        raise EvalDataError(f"{path}: expected a JSON list of {{'image', 'caption'}} entries, got "
-                            f"{type(raw).__name__}")
-    if not raw:
-        raise EvalDataError(f"{path}: no entries")
+    raw = read_json(path, list, "entries {'image', 'caption'}")
     images, captions, seen = [], [], {}
     for index, entry in enumerate(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):

@@ -6,14 +6,13 @@ image × [positive, negative]; it is correct iff s(pos) > s(neg) strictly, so a 
 Items whose two captions are the same multiset of words ("bag-identical") are reported as their own slice:
 an order-blind text encoder cannot solve them.
 """
-import json
 import re
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, require_file, text_field
+from .items import EvalDataError, ImageRef, Item, read_json, require_file, text_field
 from .scoring import pairwise_decisions
 
 SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
@@ -48,14 +47,7 @@ def load_subset(root, subset: str) -> List[Item]:
         raise EvalDataError(f"unknown SugarCrepe subset {subset!r}; expected one of {', '.join(SUBSETS)}")
     path = Path(root) / f"{subset}.json"
     require_file(path, "sugarcrepe", LAYOUT)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise EvalDataError(f"{path}: expected a JSON object keyed by item index, got {type(raw).__name__}")
-    if not raw:
-        raise EvalDataError(f"{path}: no items")
+    raw = read_json(path, dict, "items keyed by item index")
     items = []
     for key, entry in raw.items():
         missing = {"filename", "caption", "negative_caption"} - set(entry if isinstance(entry, dict) else ())

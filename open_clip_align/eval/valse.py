@@ -14,14 +14,13 @@ for that dataset (see ``LAYOUT``). The released files spell COCO 2017 two ways (
 the instrument accuracies (all 11: the papers' Avg); the 9 columns of the DeGLA/CE-CLIP tables group them,
 Counting being the mean of the three counting files.
 """
-import json
 import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, require_file, text_field
+from .items import EvalDataError, ImageRef, Item, read_json, require_file, text_field
 from .scoring import pairwise_decisions
 
 INSTRUMENTS = ("existence", "plurals", "counting-hard", "counting-small-quant", "counting-adversarial",
@@ -95,14 +94,7 @@ def load_instrument(root, instrument: str, mturk_filter: bool = True,
     check_instruments([instrument])
     path = Path(root) / f"{instrument}.json"
     require_file(path, "valse", LAYOUT)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise EvalDataError(f"{path}: expected a JSON object keyed by item id, got {type(raw).__name__}")
-    if not raw:
-        raise EvalDataError(f"{path}: no items")
+    raw = read_json(path, dict, "items keyed by item id")
     items = []
     for key, entry in raw.items():
         missing = {"dataset", "image_file", "caption", "foil"} - set(entry if isinstance(entry, dict) else ())
