@@ -15,8 +15,10 @@ so that, with only open_clip >= 3.0 installed:
 The model name comes from ``--model`` or from the run's ``params.txt`` (``CHECKPOINT/../../params.txt``). The
 training-time overrides recorded there (``--force-quick-gelu``, ``--force-image-size``,
 ``--force-context-length``, ``--force-custom-text``, ``--siglip``, ``--image-mean/-std/-interpolation/-resize-mode``
-and the normalisation of a ``--pretrained`` tag) go into the exported config. The folder is built in a temporary
-sibling, loaded back with open_clip to verify it, and only then renamed to OUT_DIR.
+and the normalisation of a ``--pretrained`` tag) go into the exported config: a run recorded with
+``force_quick_gelu: True`` (OpenAI weights under a GELU name) exports ``"quick_gelu": true``, so plain open_clip
+rebuilds the QuickGELU model that was trained. The folder is built in a temporary sibling, loaded back with
+open_clip to verify it, and only then renamed to OUT_DIR.
 """
 import argparse
 import ast
@@ -38,7 +40,9 @@ from open_clip.pretrained import get_pretrained_cfg
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from safetensors.torch import save_file
 
-from .models.factory import PLUGIN_KEY, plugin_block
+from .cli_checks import output_problem
+from .models.activation import needs_quickgelu, quickgelu_advice
+from .models.factory import PLUGIN_KEY, plugin_block, unreadable_checkpoint
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -57,8 +61,13 @@ class ExportError(RuntimeError):
 
 def read_params(path: PathLike) -> Dict[str, str]:
     """Parse an open_clip_train ``params.txt`` (``name: value`` lines) into raw strings."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path} is not a training run's params.txt (cannot read it as text: "
+                          f"{getattr(e, 'strerror', None) or type(e).__name__}); pass --model NAME") from None
     params = {}
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         key, sep, value = line.partition(": ")
         if sep:
             params[key.strip()] = value.strip()
@@ -92,8 +101,12 @@ def _quiet_logging():
         logging.disable(previous)
 
 
-def _run_settings(params: Dict[str, str], base: Optional[str]) -> Dict[str, Any]:
-    """``create_model`` keyword arguments that reproduce the training run's model and preprocessing."""
+def _run_settings(params: Dict[str, str], base: Optional[str], model_name: Optional[str] = None) -> Dict[str, Any]:
+    """``create_model`` keyword arguments that reproduce the training run's model and preprocessing.
+
+    The activation is the one the run trained: QuickGELU when ``params.txt`` records ``force_quick_gelu: True``
+    (or the config has it); a run that started GELU ``model_name`` from QuickGELU weights without it trained
+    GELU, which is kept, with a warning."""
     image_size = _literal(params.get("force_image_size"))
     if isinstance(image_size, (list, tuple)) and len(image_size) == 1:
         image_size = image_size[0]
@@ -105,6 +118,11 @@ def _run_settings(params: Dict[str, str], base: Optional[str]) -> Dict[str, Any]
     }
     if _literal(params.get("siglip")) is True:
         settings.update(init_logit_scale=math.log(10), init_logit_bias=-10.0)
+    pretrained_tag = params.get("pretrained")
+    if model_name and not settings["force_quick_gelu"] and needs_quickgelu(model_name, pretrained_tag):
+        _log.warning(f"the run trained {model_name} with GELU from --pretrained {pretrained_tag} (params.txt has no "
+                     f"force_quick_gelu: True); exporting GELU, as trained. "
+                     f"{quickgelu_advice(model_name, pretrained_tag)}")
 
     preprocess: Dict[str, Any] = {}
     pretrained = params.get("pretrained")
@@ -154,11 +172,14 @@ def _resolve_model_name(checkpoint: Path, model_name: Optional[str]) -> Tuple[st
 
 
 def load_checkpoint_state(checkpoint: PathLike) -> Dict[str, torch.Tensor]:
-    """The state dict of a training checkpoint (``{"state_dict": ...}``) or bare state dict, ``module.`` stripped."""
-    try:
-        obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ExportError(f"cannot read checkpoint {checkpoint}: {type(e).__name__}: {e}") from e
+    """The state dict of a training checkpoint (``{"state_dict": ...}``) or bare state dict, ``module.`` stripped.
+
+    A file that is not one (random bytes, JSON, a truncated or damaged checkpoint, pickled objects) raises
+    ``ExportError`` in one sentence naming it, never torch's own advice."""
+    problem = unreadable_checkpoint(os.fspath(checkpoint))
+    if problem:
+        raise ExportError(f"cannot read checkpoint: {problem}")
+    obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ExportError(f"{checkpoint} is neither a training checkpoint with a 'state_dict' nor a state dict")
@@ -224,11 +245,12 @@ def _is_empty_dir(path: Path) -> bool:
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
-    if not (out.exists() or out.is_symlink()) or _is_empty_dir(out):
-        return
-    if not out.is_dir() or out.is_symlink():
+    if (out.exists() or out.is_symlink()) and (not out.is_dir() or out.is_symlink()):
         raise ExportError(f"{out} exists and is not a directory; remove it or choose another OUT_DIR")
-    if not overwrite:
+    problem = output_problem(out, "OUT_DIR", directory=True)  # a file on the way, a read-only place
+    if problem:
+        raise ExportError(problem)
+    if out.exists() and not _is_empty_dir(out) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace it")
 
 
@@ -258,6 +280,11 @@ def export_local_dir(checkpoint: PathLike, out_dir: PathLike, model_name: Option
     checkpoint, an unknown model or an existing non-empty OUT_DIR without ``overwrite``.
     """
     checkpoint, out = Path(checkpoint), Path(out_dir).absolute()
+    if checkpoint.is_dir():
+        epochs = [*checkpoint.glob("checkpoints/epoch_*.pt"), *checkpoint.glob("epoch_*.pt")]
+        newest = max(epochs, key=lambda p: int(p.stem[6:]) if p.stem[6:].isdigit() else -1, default=None)
+        hint = f", e.g. {newest}" if newest else " (<logs>/<name>/checkpoints/epoch_K.pt)"
+        raise ExportError(f"checkpoint {checkpoint} is a folder, not a file; pass a checkpoint file{hint}")
     if not checkpoint.is_file():
         raise ExportError(f"checkpoint {checkpoint} is not a file")
     _check_target(out, overwrite)
@@ -269,7 +296,7 @@ def export_local_dir(checkpoint: PathLike, out_dir: PathLike, model_name: Option
                           "(see open_clip.list_models())")
     block = plugin_block(name)
     base = block.get("base") if block is not None else name.replace("/", "-")
-    settings = _run_settings(params, base)
+    settings = _run_settings(params, base, name)
 
     state = load_checkpoint_state(checkpoint)
     reference = _build_reference(name, settings)

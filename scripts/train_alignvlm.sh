@@ -9,7 +9,8 @@
 #   STAGE=B LORA=1 DATA=/data/captions.tsv LM=smollm2 bash scripts/train_alignvlm.sh
 #
 #   GPUS=1 BATCH=32 EPOCHS=1 STEPS= LR= (1e-3 stage A, 1e-5 stage B) W2_LR_MULT=1 WD=0 PRECISION=amp_bf16
-#   MODEL=ViT-B-16 PRETRAINED=openai LM=smollm2 (HF dir, .gguf file, smollm2, tiny-llama) CONNECTOR=align|mlp
+#   MODEL=ViT-B-16-quickgelu PRETRAINED=openai (OpenAI weights need QuickGELU; a GELU name such as ViT-B-16 is
+#   switched to QuickGELU with a log line) LM=smollm2 (HF dir, .gguf file, smollm2, tiny-llama) CONNECTOR=align|mlp
 #   PROMPT="A short caption:" DATA_TYPE=auto|csv|wds CSV_IMG_KEY=filepath CSV_CAPTION_KEY=title
 #   CSV_SEPARATOR=<TAB> NUM_SAMPLES= (wds) LORA_R=64 LORA_ALPHA=64 WORKERS=4 LOGS=./logs NAME= SEED=0
 #   PYTHON (default: ./.venv/bin/python made by scripts/setup_env.sh, else python)
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 : "${STAGE:=A}" "${GPUS:=1}" "${BATCH:=32}" "${EPOCHS:=1}" "${STEPS:=}" "${W2_LR_MULT:=1}" "${WD:=0}"
-: "${PRECISION:=amp_bf16}" "${MODEL:=ViT-B-16}" "${PRETRAINED=openai}" "${LM:=smollm2}" "${CONNECTOR:=align}"
+: "${PRECISION:=amp_bf16}" "${MODEL:=ViT-B-16-quickgelu}" "${PRETRAINED=openai}" "${LM:=smollm2}" "${CONNECTOR:=align}"
 : "${PROMPT:=A short caption:}" "${DATA_TYPE:=auto}" "${CSV_IMG_KEY:=filepath}" "${CSV_CAPTION_KEY:=title}"
 : "${CSV_SEPARATOR:=$'\t'}" "${NUM_SAMPLES:=}" "${LORA:=0}" "${LORA_R:=64}" "${LORA_ALPHA:=64}"
 : "${WORKERS:=4}" "${LOGS:=./logs}" "${SEED:=0}"

@@ -1,5 +1,6 @@
 """``python -m open_clip_align.export``: checkpoints to ``local-dir:`` folders that plain open_clip loads."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import REPO
 from open_clip_align import export
 from open_clip_align.export import CONFIG_NAME, WEIGHTS_NAME, ExportError, export_local_dir
 from open_clip_align.models import HardNegCLIP
+from quickgelu_tag import quickgelu_tag  # noqa: F401  (fixture)
 
 MODEL = "hardneg-tiny-ViT"
 TEXTS = ["a red square left of a blue square", "a blue square left of a red square"]
@@ -252,3 +254,55 @@ def test_help_explains_the_export(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "local-dir:" in text and "--model" in text and "params.txt" in text and "--overwrite" in text
+
+
+def test_non_checkpoints_are_named_in_one_line(tmp_path, plugin_model, capsys):
+    """Random bytes, a JSON file, a truncated checkpoint and a folder: one line naming the file and what it is not,
+    never torch's traceback or its weights_only advice."""
+    out = tmp_path / "export"
+    ckpt = _save_run(tmp_path, plugin_model.state_dict())
+    (tmp_path / "random.pt").write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                                       dtype=torch.uint8).numpy().tobytes())
+    (tmp_path / "config.json").write_text(json.dumps({"model": MODEL}))
+    (tmp_path / "truncated.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    cases = [(tmp_path / "random.pt", "random.pt is not a checkpoint (neither a torch file nor safetensors)"),
+             (tmp_path / "config.json", "config.json is not a checkpoint"),
+             (tmp_path / "truncated.pt", "truncated.pt cannot be loaded as a checkpoint"),
+             (tmp_path / "logs" / "run", f"is a folder, not a file; pass a checkpoint file, e.g. {ckpt}"),
+             (tmp_path, "is a folder, not a file; pass a checkpoint file (<logs>/<name>/checkpoints/epoch_K.pt)")]
+    for path, fragment in cases:
+        err = _cli_error(capsys, path, out, "--model", MODEL)
+        assert fragment in err and "weights_only" not in err and "Traceback" not in err, err
+    assert not out.exists()
+    err = _cli_error(capsys, ckpt, tmp_path / "random.pt" / "export")
+    assert f"OUT_DIR {tmp_path / 'random.pt' / 'export'}: {tmp_path / 'random.pt'} is a file, not a folder" in err
+    (ckpt.parent.parent / "params.txt").write_bytes(bytes(range(128, 256)))
+    err = _cli_error(capsys, ckpt, out)
+    assert "params.txt is not a training run's params.txt" in err and "--model NAME" in err
+
+
+def test_a_quickgelu_run_exports_quickgelu(tmp_path, quickgelu_tag, caplog):
+    """A run of a GELU name with a QuickGELU tag records force_quick_gelu: True in params.txt; the export carries
+    quick_gelu, so plain open_clip rebuilds the QuickGELU model that was trained (same features). A run without
+    it trained GELU: that is exported, with a warning naming the QuickGELU model."""
+    from quickgelu_tag import MODEL as QG_MODEL
+    from open_clip_align.models.activation import activation_name
+
+    trained = _perturbed_model(QG_MODEL, force_quick_gelu=True)
+    params = f"force_quick_gelu: True\nmodel: {QG_MODEL}\npretrained: openai\n"
+    out = export_local_dir(_save_run(tmp_path, trained.state_dict(), params=params, run="qg"), tmp_path / "qg")
+    assert json.loads((out / CONFIG_NAME).read_text())["model_cfg"]["quick_gelu"] is True
+    plain = open_clip.create_model(f"local-dir:{out}").eval()
+    assert activation_name(plain) == "quick_gelu"
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(image), trained.encode_image(image), atol=1e-6, rtol=0)
+
+    gelu = _perturbed_model(QG_MODEL)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        out = export_local_dir(_save_run(tmp_path, gelu.state_dict(), params=f"model: {QG_MODEL}\npretrained: openai\n",
+                                         run="gelu"), tmp_path / "gelu")
+    assert not json.loads((out / CONFIG_NAME).read_text())["model_cfg"].get("quick_gelu", False)
+    assert activation_name(open_clip.create_model(f"local-dir:{out}")) == "gelu"
+    assert any("exporting GELU, as trained" in r.getMessage() for r in caplog.records)

@@ -394,9 +394,23 @@ _GOOD = json.dumps({"image": "x.png", "caption": "a red cube near a blue ball"})
     ("c.jsonl", _GOOD + "\n", ["--import", "no_such_module_xyz"], ["--import no_such_module_xyz"]),
     ("c.jsonl", _GOOD + "\n", ["--keep-rejected", "{tmp}/o.jsonl"],
      ["--output", "is the same file as --keep-rejected"]),
+    ("c.jsonl", _GOOD + "\n", ["--output", "{tmp}/c.jsonl/o.jsonl"],
+     ["--output {tmp}/c.jsonl/o.jsonl: {tmp}/c.jsonl is a file, not a folder"]),
+    ("c.jsonl", _GOOD + "\n", ["--output", "{tmp}"], ["--output {tmp}: is a folder (expected a file path)"]),
+    ("c.jsonl", _GOOD + "\n", ["--keep-rejected", "{tmp}/c.jsonl/r.jsonl"],
+     ["--keep-rejected {tmp}/c.jsonl/r.jsonl: {tmp}/c.jsonl is a file"]),
+    ("c.jsonl", _GOOD + "\n", ["--temperature", "nan"], ["--temperature must be a finite number, got nan"]),
+    ("c.jsonl", _GOOD + "\n", ["--temperature", "-0.5"], ["--temperature must be at least 0"]),
+    ("c.jsonl", _GOOD + "\n", ["--timeout", "inf"], ["--timeout must be a finite number, got inf"]),
+    ("c.jsonl", _GOOD + "\n", ["--timeout", "nan"], ["--timeout must be a finite number, got nan"]),
+    ("c.jsonl", _GOOD + "\n", ["--input", "{tmp}"], ["{tmp}: is a folder; expected a captions file"]),
+    ("c.jsonl", _GOOD + "\n", ["--backend", "openai", "--base-url", "localhost:8000/v1"],
+     ["--base-url localhost:8000/v1: expected an http:// or https:// URL"]),
 ], ids=["coco-json", "coco-shape", "coco-field", "coco-image", "coco-dup-id", "csv-column", "csv-empty",
         "tsv-fields", "jsonl-array", "jsonl-type", "extension", "empty", "unreachable", "hf-path", "unknown-backend",
-        "miscount", "dup-type", "import", "same-file"])
+        "miscount", "dup-type", "import", "same-file", "output-under-a-file", "output-a-folder",
+        "rejected-under-a-file", "temperature-nan", "temperature-negative", "timeout-inf", "timeout-nan",
+        "input-a-folder", "base-url-scheme"])
 def test_errors_are_one_line_with_file_and_row(tmp_path, capsys, name, content, extra, expected):
     (tmp_path / name).write_text(content)
     argv = ["--input", str(tmp_path / name), "--output", str(tmp_path / "o.jsonl"), "--backend", "fake",
@@ -407,6 +421,7 @@ def test_errors_are_one_line_with_file_and_row(tmp_path, capsys, name, content, 
     assert exc.value.code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     for part in expected:
+        part = part.replace("{tmp}", str(tmp_path))
         assert part in err, (part, err)
 
 
@@ -521,3 +536,40 @@ def test_output_trains_through_training_main(tmp_path):
                       "--hardneg-format", "jsonl", "--train-data", str(out), "--num-hardneg", "4")
     assert plugin_main(argv) is None
     assert (tmp_path / "logs" / "negs" / "checkpoints" / "epoch_1.pt").is_file()
+
+
+def test_a_binary_example_pool_is_named(tmp_path, capsys):
+    (tmp_path / "c.jsonl").write_text(_GOOD + "\n")
+    (tmp_path / "pool.jsonl").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(SystemExit) as exc:
+        main(["--input", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o.jsonl"), "--backend", "openai",
+              "--base-url", "http://127.0.0.1:9/v1", "--examples", str(tmp_path / "pool.jsonl"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"{tmp_path / 'pool.jsonl'}: not UTF-8 text; expected a JSONL example pool" in err
+
+
+def test_convert_names_the_users_paths_and_leaves_nothing_half_written(tmp_path, capsys):
+    """Outputs in impossible places, a folder for a file (and back), the input as its own output: one line naming
+    the user's path (never an internal temp file), the input untouched, no shard folder left by a failure."""
+    out = tmp_path / "negs.jsonl"
+    generate(run_args(write_coco(tmp_path / "caps.json", captions(2), images=False), out), backend=FakeBackend())
+    before = out.read_bytes()
+    (tmp_path / "afile").write_text("x")
+    cases = [([str(tmp_path / "afile" / "t.csv"), "--to", "csv"], f"OUT {tmp_path / 'afile' / 't.csv'}: "
+                                                                  f"{tmp_path / 'afile'} is a file, not a folder"),
+             ([str(tmp_path), "--to", "degla-json"], f"OUT {tmp_path}: is a folder (expected a file path)"),
+             ([str(tmp_path / "afile"), "--to", "wds"], f"OUT {tmp_path / 'afile'}: exists and is not a folder"),
+             ([str(out), "--to", "degla-json"], f"{out}: is the input file"),
+             ([str(tmp_path / "shards"), "--to", "wds", "--image-template", "COCO_{}.png"], "cannot read image")]
+    for argv, fragment in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["convert", str(out), *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert fragment in err and ".tmp-" not in err, err
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "caps.json", "negs.jsonl", "negs.summary.json"]
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path), str(tmp_path / "t.csv"), "--to", "csv"])
+    assert "is a folder; expected the JSONL output" in capsys.readouterr().err

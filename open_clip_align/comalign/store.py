@@ -9,6 +9,7 @@ Our layout (one file per split; every embedding unnormalised float32, pads are z
           attrs: string (the caption), entities, relations (JSON lists of the component strings)
     root attrs: format, base model, pretrained tag, quick_gelu, normalised=False, box provider (+ options as
           JSON), render mode, letterbox, n_entity, n_relation, spaCy model + version, max_captions, ...
+          and the status: finished (set when the writer closes), images_planned (images the run embeds)
 
 ``<key>`` is the image id (a COCO decimal id stays as is); ids holding '/' or '%' (paths) are percent-escaped
 (``escape_key``) and the original id is the ``image_id`` attribute.
@@ -16,7 +17,8 @@ Our layout (one file per split; every embedding unnormalised float32, pads are z
 ``ComponentStoreWriter`` writes ``<path>.partial`` and renames it to ``<path>`` on ``close()``. An image group
 is marked complete only after all its datasets are written (and the file is flushed after each image), so a
 killed run resumes: incomplete groups are deleted, complete ones skipped. Resuming with other settings is an
-error. ``ComponentStore`` reads a store; ``load_arrays`` stacks it into tensors for training and evaluation.
+error. ``ComponentStore`` reads a store (``finished``, ``images_planned`` and ``len`` tell an unfinished one
+apart); ``load_arrays`` stacks it into tensors for training and evaluation.
 ``read_reference_layout`` reads the reference's 4-file layout into the same dict.
 """
 import json
@@ -32,6 +34,7 @@ import torch
 from .annotations import ComAlignDataError
 
 FORMAT = "open_clip_align.comalign.store/1"
+STATUS_ATTRS = ("finished", "images_planned")  # root attributes that describe progress, not settings
 IMAGE_ARRAYS = ("global", "entity", "entity_mask", "relation", "relation_mask")
 CAPTION_ARRAYS = ("text", "entity", "entity_mask", "relation", "relation_mask")
 BOX_ARRAYS = ("entity_boxes", "relation_boxes")
@@ -99,7 +102,12 @@ class ComponentStoreWriter:
             self.file = h5py.File(self.partial, "w")
             for key, value in self.attrs.items():
                 self.file.attrs[key] = value
+        self.file.attrs["finished"] = False
         self.done = {_read_attr(g.attrs["image_id"]) for g in self.file.values()}
+
+    def plan(self, n_images: int) -> None:
+        """Record how many images this run embeds in all (readers report a store short of it as unfinished)."""
+        self.file.attrs["images_planned"] = int(n_images)
 
     def _check_attrs(self, path: Path):
         try:
@@ -111,7 +119,7 @@ class ComponentStoreWriter:
         if old.get("format") != FORMAT:
             raise ComAlignDataError(f"{path} is not a ComAlign component store (format {old.get('format')!r}); "
                                     f"choose another --out or start over (--no-resume)")
-        diff = {k: (old.get(k), self.attrs.get(k)) for k in set(old) | set(self.attrs)
+        diff = {k: (old.get(k), self.attrs.get(k)) for k in (set(old) | set(self.attrs)) - set(STATUS_ATTRS)
                 if old.get(k) != self.attrs.get(k)}
         if diff:
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
@@ -153,8 +161,9 @@ class ComponentStoreWriter:
             self.file.close()
 
     def close(self) -> Path:
-        """Finish: close the file and rename ``.partial`` to ``path``; returns ``path``."""
+        """Finish: mark the store finished, close the file and rename ``.partial`` to ``path``; returns ``path``."""
         if self.file.id.valid:
+            self.file.attrs["finished"] = True
             self.file.close()
             os.replace(self.partial, self.path)
         return self.path
@@ -198,11 +207,24 @@ def _read_str_attr(object_id, name: str) -> str:
 
 
 class ComponentStore:
-    """Read access to a store written by ``ComponentStoreWriter`` (complete images only)."""
+    """Read access to a store written by ``ComponentStoreWriter`` (complete images only).
+
+    ``finished`` is False for a store whose writer never closed (a ``.partial`` file: an embedding run that was
+    stopped or is still running); ``images_planned`` is the number of images that run embeds (None when not
+    recorded); ``len`` counts the complete images.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
+            partial = self.path.with_name(self.path.name + ".partial")
+            if partial.is_file():
+                raise ComAlignDataError(f"component store {self.path} not found, but {partial.name} is there: its "
+                                        f"embedding run has not finished (rerun python -m open_clip_align.comalign"
+                                        f".embed with the same flags to complete it)")
+            if self.path.is_dir():
+                raise ComAlignDataError(f"component store {self.path}: is a folder; expected the .h5 file written "
+                                        f"by python -m open_clip_align.comalign.embed")
             raise ComAlignDataError(f"component store {self.path} not found")
         try:
             self.file = h5py.File(self.path, "r")
@@ -221,6 +243,21 @@ class ComponentStore:
     def ids(self) -> List[str]:
         """Image ids of the complete images, in annotation order."""
         return list(self._keys)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the writer closed the store (stores from before this attribute: unless named ``.partial``)."""
+        return bool(self.attrs.get("finished", not self.path.name.endswith(".partial")))
+
+    @property
+    def images_planned(self) -> Optional[int]:
+        planned = self.attrs.get("images_planned")
+        return int(planned) if planned is not None else None
+
+    def progress(self) -> str:
+        """``"N of M images complete"`` (``"N images complete"`` when M was not recorded)."""
+        planned = self.images_planned
+        return f"{len(self)} of {planned} images complete" if planned is not None else f"{len(self)} images complete"
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -62,17 +62,18 @@ import os
 import random
 import re
 import shutil
-import sys
 import tarfile
 import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..cli_checks import non_finite_flags, output_problem, range_problem, range_problems
 from ..eval.sugarcrepe import SUBSETS
 
 VERSION = "1.0"
@@ -596,7 +597,8 @@ def _train_row(rng, bag_rng, cfg: Config, heldout: set):
     types = list(cfg.train_neg_types)
     while len(negatives) < cfg.num_negatives:
         if not types:
-            raise ValueError(f"num_negatives={cfg.num_negatives} exceeds the distinct negatives available")
+            raise ValueError(f"num_negatives={cfg.num_negatives} (--num-negatives) exceeds the {len(negatives)} "
+                             "distinct negatives available for a training row; ask for fewer")
         t = rng.choice(types)
         negative = draw(t)
         if negative is None:
@@ -955,14 +957,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FLAG_MINIMUMS = {"image_size": 16, "train_size": 0, "pretrain_size": 0, "test_pairs": 0, "zeroshot_per_class": 0,
+                  "num_negatives": 0, "shard_size": 1, "workers": 1}
+
+
+def _flag_problem(namespace: argparse.Namespace) -> Optional[str]:
+    """One line naming the first flag whose value cannot make a dataset (before anything is written)."""
+    problem = (non_finite_flags(namespace) or range_problems(namespace, _FLAG_MINIMUMS)
+               or range_problem("--heldout-fraction", namespace.heldout_fraction, 0, 0.5)
+               or output_problem(namespace.out, "--out", directory=True))
+    if problem:
+        return problem
+    preset = {**asdict(Config()), **PRESETS[namespace.preset]}
+    train, pretrain = (preset[k] if getattr(namespace, k) is None else getattr(namespace, k)
+                       for k in ("train_size", "pretrain_size"))
+    if train == 0 and pretrain > 0:
+        default = f" (the {namespace.preset} preset's)" if namespace.pretrain_size is None else ""
+        return (f"--train-size 0 with --pretrain-size {pretrain}{default}: pretraining rows reuse the training "
+                f"images; give --train-size of at least 1, or --pretrain-size 0 for a test-only dataset")
+    return None
+
+
 def main(argv=None):
-    args = vars(_parser().parse_args(argv))
+    parser = _parser()
+    namespace = parser.parse_args(argv)
+    try:
+        problem = _flag_problem(namespace)
+    except ValueError as error:
+        problem = str(error)
+    if problem:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
+    args = vars(namespace)
     out, overwrite, workers, quiet = (args.pop(k) for k in ("out", "overwrite", "workers", "quiet"))
     start = time.perf_counter()
     try:
         manifest = generate(out, overwrite=overwrite, workers=workers, progress=not quiet, **args)
     except (FileExistsError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     counts = manifest["counts"]
     print(f"ShapeCrepe: {counts['images']} images ({counts['train']} train, {counts['images'] - counts['train']} "
           f"test), {counts['pretrain']} pretraining rows, {sum(counts['zeroshot_images'].values())} zero-shot "

@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..cli_checks import non_finite_flags, output_problem
 from .base import DEGLA_TYPES, NEG_TYPES, BackendError, Request, create_backend, list_backends
 from .io import (CONVERT_FORMATS, INPUT_FORMATS, CaptionRow, InputError, JsonlAppender, convert, finished_rows,
                  output_row, read_captions, truncate_torn_line, write_atomic)
@@ -367,6 +368,13 @@ def generate(args, backend=None) -> dict:
             raise InputError(f"{flag} {paths[flag]} is the same file as {same[0]}; choose another path")
     if len(set(args.types)) != len(args.types):
         raise InputError(f"--types lists a type twice: {args.types}")
+    problem = (non_finite_flags(args)
+               or (f"--temperature must be at least 0 (0 is greedy), got {args.temperature:g}"
+                   if args.temperature < 0 else None)
+               or output_problem(args.output, "--output")
+               or (output_problem(args.keep_rejected, "--keep-rejected") if args.keep_rejected else None))
+    if problem:
+        raise InputError(problem)
     start = time.perf_counter()
     rows = read_captions(args.input, args.input_format, args.caption_key, args.image_key, args.id_key)
     if args.limit is not None:

@@ -13,9 +13,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ..cli_checks import output_problem
 
 INPUT_FORMATS = ("coco", "csv", "tsv", "jsonl")
 CONVERT_FORMATS = ("csv", "degla-json", "wds")
@@ -56,6 +60,8 @@ def detect_format(path: str) -> str:
 
 
 def _read_text(path: str) -> str:
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; expected a captions file (COCO JSON, CSV, TSV or JSONL)")
     if not os.path.isfile(path):
         raise InputError(f"{path}: input file not found")
     try:
@@ -185,6 +191,8 @@ def read_captions(path: str, fmt: str = "auto", caption_key: str = "caption", im
     ``image_id``. CSV/TSV/JSONL: the keys name the columns/fields; without ``id_key`` the id is the data-row
     number (CSV/TSV, from 1) or the line number (JSONL). Ids must be unique: resuming relies on them.
     """
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; expected a captions file (COCO JSON, CSV, TSV or JSONL)")
     fmt = detect_format(path) if fmt == "auto" else fmt
     keys = (caption_key, image_key, id_key)
     if fmt == "coco":
@@ -280,10 +288,13 @@ class JsonlAppender:
 
     def __init__(self, path: str, fsync: bool = True):
         parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self._file = open(path, "ab")
+        except OSError as e:
+            raise InputError(f"{path}: cannot open for appending ({e.strerror or e})") from None
         self.path = path
         self._fsync = fsync
-        self._file = open(path, "ab")
 
     def write(self, obj: dict) -> None:
         self._file.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -303,6 +314,8 @@ class JsonlAppender:
 
 def read_output(path: str) -> List[dict]:
     """Rows of a finished or interrupted output JSONL, read-only (a torn last line is skipped with a warning)."""
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; expected the JSONL output of python -m open_clip_align.negatives")
     if not os.path.isfile(path):
         raise InputError(f"{path}: file not found")
     lines, end = _split_complete(path)
@@ -317,16 +330,21 @@ def read_output(path: str) -> List[dict]:
 # ----------------------------------------------------------------------------- converters
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``path`` via a temporary file in the same directory and a rename: readers never see half a file."""
+    """Write ``path`` via a temporary file in the same directory and a rename: readers never see half a file.
+    An OS error (a folder at ``path``, a read-only or missing place) raises InputError naming ``path``."""
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; expected a file path to write")
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
+        os.makedirs(parent, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -364,11 +382,36 @@ def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _to_wds(rows: List[dict], out: str, image_root: str, template: str, shard_size: int) -> dict:
-    os.makedirs(out, exist_ok=True)
-    stale = sorted(f for f in os.listdir(out) if re.fullmatch(r"shard-\d+\.tar", f))
+    """Shards are built in a hidden sibling folder and moved into ``out`` once all are written, so a failure
+    leaves neither ``out`` nor some of its shards behind."""
+    stale = sorted(f for f in os.listdir(out) if re.fullmatch(r"shard-\d+\.tar", f)) if os.path.isdir(out) else []
     if stale:
         raise InputError(f"{out}: already holds shards ({', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}); "
                          f"remove them or choose another output directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-")
+    except OSError as e:
+        raise InputError(f"{out}: cannot create the shard folder here ({e.strerror or e})") from None
+    try:
+        names = _write_shards(rows, stage, image_root, template, shard_size)
+        try:
+            os.makedirs(out, exist_ok=True)
+            for name in names:
+                os.replace(os.path.join(stage, name), os.path.join(out, name))
+        except OSError as e:
+            raise InputError(f"{out}: cannot move the shards into it ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    files = [os.path.join(out, name) for name in names]
+    last = len(files) - 1
+    pattern = os.path.join(out, f"shard-{{000000..{last:06d}}}.tar" if last else "shard-000000.tar")
+    return {"rows": len(rows), "files": files, "train_data": pattern}
+
+
+def _write_shards(rows: List[dict], folder: str, image_root: str, template: str, shard_size: int) -> List[str]:
+    """Write the shards of ``rows`` into ``folder``; returns their file names."""
     files = []
     for start in range(0, len(rows), shard_size):
         buf = io.BytesIO()
@@ -389,11 +432,9 @@ def _to_wds(rows: List[dict], out: str, image_root: str, template: str, shard_si
                 _tar_member(tar, f"{key}.{ext}", image)
                 _tar_member(tar, f"{key}.txt", row["original"].encode("utf-8"))
                 _tar_member(tar, f"{key}.json", json.dumps(row, ensure_ascii=False).encode("utf-8"))
-        files.append(os.path.join(out, f"shard-{len(files):06d}.tar"))
-        write_atomic(files[-1], buf.getvalue())
-    last = len(files) - 1
-    pattern = os.path.join(out, f"shard-{{000000..{last:06d}}}.tar" if last else "shard-000000.tar")
-    return {"rows": len(rows), "files": files, "train_data": pattern}
+        files.append(f"shard-{len(files):06d}.tar")
+        write_atomic(os.path.join(folder, files[-1]), buf.getvalue())
+    return files
 
 
 def convert(jsonl: str, out: str, fmt: str, image_root: Optional[str] = None, image_template: str = "{}",
@@ -410,6 +451,11 @@ def convert(jsonl: str, out: str, fmt: str, image_root: Optional[str] = None, im
         raise InputError(f"unknown output format {fmt!r}; expected one of {list(CONVERT_FORMATS)}")
     if shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {shard_size}")
+    if os.path.realpath(out) == os.path.realpath(jsonl):
+        raise InputError(f"{out}: is the input file {jsonl}; choose another output path")
+    problem = output_problem(out, "OUT", directory=fmt == "wds")
+    if problem:
+        raise InputError(f"{problem} (--to {fmt} writes {'a folder of shards' if fmt == 'wds' else 'a file'})")
     rows = read_output(jsonl)
     if fmt == "csv":
         return _to_csv(rows, out, image_root, image_template)

@@ -58,6 +58,9 @@ class OpenAIBackend:
         if not base_url:
             raise BackendError("the openai backend needs an endpoint: pass --base-url or set OPENAI_BASE_URL "
                                "(e.g. http://127.0.0.1:8000/v1)")
+        if not base_url.lower().startswith(("http://", "https://")):
+            raise BackendError(f"--base-url {base_url}: expected an http:// or https:// URL of an OpenAI-compatible "
+                               "endpoint (e.g. http://127.0.0.1:8000/v1)")
         if concurrency < 1 or timeout <= 0 or max_retries < 0 or max_new_tokens < 1:
             raise ValueError(f"openai backend: need concurrency >= 1, timeout > 0, max_retries >= 0, "
                              f"max_new_tokens >= 1 (got {concurrency}, {timeout}, {max_retries}, {max_new_tokens})")

@@ -50,27 +50,30 @@ def load_examples(path: Union[str, Path, None] = None) -> Examples:
     if not path.is_file():
         raise FileNotFoundError(f"example pool not found: {path}")
     pool: Examples = {t: [] for t in NEG_TYPES}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}); expected "
-                                 '{"type": ..., "caption": ..., "negative": ...}') from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with keys type, caption, negative")
-            missing = [k for k in ("type", "caption", "negative") if k not in row]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
-            if row["type"] not in pool:
-                raise ValueError(f"{where}: unknown type {row['type']!r}; expected one of {', '.join(NEG_TYPES)}")
-            for key in ("caption", "negative"):
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise ValueError(f"{where}: {key!r} must be a non-empty string")
-            pool[row["type"]].append((" ".join(row["caption"].split()), " ".join(row["negative"].split())))
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit in a string
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; expected a JSONL example pool") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg}); expected "
+                             '{"type": ..., "caption": ..., "negative": ...}') from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object with keys type, caption, negative")
+        missing = [k for k in ("type", "caption", "negative") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        if row["type"] not in pool:
+            raise ValueError(f"{where}: unknown type {row['type']!r}; expected one of {', '.join(NEG_TYPES)}")
+        for key in ("caption", "negative"):
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise ValueError(f"{where}: {key!r} must be a non-empty string")
+        pool[row["type"]].append((" ".join(row["caption"].split()), " ".join(row["negative"].split())))
     return pool
 
 

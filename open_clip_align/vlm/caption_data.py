@@ -75,6 +75,9 @@ def read_caption_table(path: str, image_key: str = "filepath", caption_key: str 
     Raises :class:`CaptionDataError` for a missing or unparsable file, missing columns, an empty path or
     caption, no rows, or image files that do not exist (the first few are named).
     """
+    if os.path.isdir(path):
+        raise CaptionDataError(f"{path}: is a folder; expected a CSV/TSV file of image paths and captions, or "
+                               "webdataset .tar shards (--train-data)")
     if not os.path.isfile(path):
         raise CaptionDataError(f"{path}: train data file not found (--train-data)")
     try:

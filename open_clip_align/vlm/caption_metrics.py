@@ -299,13 +299,17 @@ def load_karpathy_captions(path: str, image_root: str = "",
     ``ValueError`` with the offending entry index on malformed input, duplicates or empty captions;
     with ``check_images=True`` also when an image file is missing.
     """
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder; expected a Karpathy-format JSON file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Karpathy caption file not found: {path}")
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+        raise ValueError(f"{path} is not valid JSON ({e}); expected a Karpathy-format JSON file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid JSON (not UTF-8 text); expected a Karpathy-format JSON file") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of {{'image', 'caption'}} entries, "
                          f"got {type(data).__name__}")

@@ -10,7 +10,8 @@ Layout of one checkpoint (``<logs>/<name>/checkpoints/step_00000100/``)::
     trainer_state.pt    optimizer, scheduler, grad scaler, step, RNG states (for --resume)
 
 A pretrained vision tower and a frozen LM are rebuilt from the names in ``run_config.json`` (``tiny-llama`` is
-seeded, so it rebuilds identically). A checkpoint is written to
+seeded, so it rebuilds identically); the tower with the recorded activation (``force_quick_gelu``), so the
+connector sees the features it was trained on. A checkpoint is written to
 ``step_N.tmp`` and renamed into place, so a crash never leaves a half-written ``step_N``.
 """
 import json
@@ -22,7 +23,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from .build import build_model
-from .model import AlignVLM
+from .model import AlignVLM, ConnectorFileError, load_state_file, state_dict_mismatch
 
 __all__ = [
     "CheckpointError",
@@ -32,7 +33,9 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_trained_weights",
+    "load_trainer_state",
     "read_run_config",
+    "recorded_model_config",
     "resolve_checkpoint",
     "save_checkpoint",
     "trained_lm_dirs",
@@ -99,6 +102,11 @@ def resolve_checkpoint(spec: PathLike, run_dir: Optional[PathLike] = None) -> Pa
             raise CheckpointError(f"--resume latest: no checkpoint in {Path(run_dir) / 'checkpoints'}")
         return found[-1]
     path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found (expected an AlignVLM checkpoint folder or a run directory)")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: is a file; expected an AlignVLM checkpoint folder (checkpoints/step_N, "
+                              f"holding {RUN_CONFIG}) or a run directory")
     if (path / RUN_CONFIG).is_file():
         return path
     found = list_checkpoints(path)
@@ -109,11 +117,17 @@ def resolve_checkpoint(spec: PathLike, run_dir: Optional[PathLike] = None) -> Pa
 
 
 def read_run_config(directory: PathLike) -> dict:
+    """The checkpoint's ``run_config.json``; :class:`CheckpointError` when it is not one."""
     path = Path(directory) / RUN_CONFIG
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the run config ({err})") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("model"), str) or not model.get("lm"):
+        raise CheckpointError(f"{path}: not an AlignVLM run config (expected {{\"model\": {{\"model\": ..., "
+                              f"\"lm\": ...}}, \"training\": ...}})")
+    return config
 
 
 def trained_lm_dirs(directory: PathLike) -> Tuple[Optional[str], Optional[str]]:
@@ -125,13 +139,39 @@ def trained_lm_dirs(directory: PathLike) -> Tuple[Optional[str], Optional[str]]:
 
 
 def load_trained_weights(model: AlignVLM, directory: PathLike) -> None:
-    """Load a checkpoint's connector (checks type and dims) and, when saved, its random tower into ``model``."""
+    """Load a checkpoint's connector (checks type, dims and every tensor's shape) and, when saved, its random
+    tower into ``model``; a missing, corrupt or foreign file raises :class:`CheckpointError` naming it."""
     directory = Path(directory)
-    model.load_connector(directory / CONNECTOR_DIR)
-    if (directory / TOWER_WEIGHTS).is_file():
-        param = next(model.visual.parameters())
-        model.visual.load_state_dict(torch.load(directory / TOWER_WEIGHTS, map_location=param.device,
-                                                weights_only=True))
+    try:
+        model.load_connector(directory / CONNECTOR_DIR)
+        if (directory / TOWER_WEIGHTS).is_file():
+            tower = load_state_file(directory / TOWER_WEIGHTS, "the weights of an AlignVLM vision tower")
+            problem = state_dict_mismatch(tower, model.visual.state_dict())
+            if problem:
+                raise ConnectorFileError(f"{directory / TOWER_WEIGHTS}: not the weights of the "
+                                         f"{model.vision_model_name} tower of this run ({problem})")
+            model.visual.load_state_dict(tower)
+    except ConnectorFileError as err:
+        raise CheckpointError(f"checkpoint {directory}: {err}") from None
+
+
+def load_trainer_state(directory: PathLike) -> dict:
+    """The optimizer, scheduler, scaler, step and RNG states saved for ``--resume`` (a pickle: read only from
+    checkpoints you wrote); :class:`CheckpointError` naming the file when it is missing or is not one."""
+    path = Path(directory) / TRAINER_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; this checkpoint can start a run (--init-from) but not resume one")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
+    except Exception as err:  # unpickling/zip errors of every kind
+        raise CheckpointError(f"{path}: not an AlignVLM trainer state: torch cannot read it ({type(err).__name__}); "
+                              "the file is truncated, damaged or was not written by training.alignvlm") from None
+    keys = ("step", "optimizer", "scheduler", "scaler", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise CheckpointError(f"{path}: not an AlignVLM trainer state (expected a dict with {', '.join(keys)})")
+    return state
 
 
 def load_checkpoint(spec: PathLike, trainable: bool = False) -> Tuple[AlignVLM, object, Callable, dict]:
@@ -140,7 +180,13 @@ def load_checkpoint(spec: PathLike, trainable: bool = False) -> Tuple[AlignVLM, 
     directory = resolve_checkpoint(spec)
     run_config = read_run_config(directory)
     lm_dir, lora_dir = trained_lm_dirs(directory)
-    model, tokenizer, preprocess = build_model(run_config["model"], lm_dir=lm_dir, lora_dir=lora_dir,
+    model, tokenizer, preprocess = build_model(recorded_model_config(run_config), lm_dir=lm_dir, lora_dir=lora_dir,
                                                trainable=trainable)
     load_trained_weights(model, directory)
     return model, tokenizer, preprocess, run_config
+
+
+def recorded_model_config(run_config: dict) -> dict:
+    """The model config to rebuild a checkpoint with: a config saved before the tower's activation was recorded
+    (no ``force_quick_gelu``) was built as named, so it is rebuilt that way (``False``)."""
+    return {"force_quick_gelu": False, **run_config["model"]}

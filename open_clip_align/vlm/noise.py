@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from ..eval.report import write_results
+from ..models.activation import activation_name
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .evaluate import (EvalError, METRIC_NAMES, decoding_settings, device_for, generate_captions, load_images,
-                       metrics_table, read_karpathy, run_cli, score_captions, write_text)
+from .evaluate import (EvalError, METRIC_NAMES, check_args, decoding_settings, device_for, generate_captions,
+                       load_images, metrics_table, read_karpathy, run_cli, score_captions, write_text)
 
 __all__ = ["FeatureNoise", "connector_cosine_distance", "feature_std", "main", "noise_robustness"]
 
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint (or run directory) to test, with a label; repeat, e.g. align=... mlp=...")
     p.add_argument("--data", required=True, help="Karpathy-format JSON")
     p.add_argument("--image-root", default=None, help="folder the 'image' paths are relative to")
-    p.add_argument("--out", required=True, help="output folder for noise_results.json and noise_results.md")
+    p.add_argument("--out", required=True, help="output folder for noise_results.json and noise_results.md "
+                                                "(checked for writability before anything runs)")
     p.add_argument("--sigma", type=float, nargs="*", default=[], help="absolute noise std values (paper: 3)")
     p.add_argument("--relative-sigma", type=float, nargs="*", default=[],
                    help="noise std values as multiples of the clean feature std")
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
+    check_args(args)
     checkpoints = [_labelled(spec) for spec in args.checkpoint]
     labels = [label for label, _ in checkpoints]
     if len(set(labels)) != len(labels):
@@ -167,6 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         model.to(device).eval()
         results[label] = {"checkpoint": str(path), "step": run_config.get("step"),
                           "connector": model.connector_type, "prompt": run_config["model"]["prompt"],
+                          "activation": activation_name(model.visual),
+                          "force_quick_gelu": model.vision_force_quick_gelu,
                           **noise_robustness(model, tokenizer, preprocess, paths, refs, run_config["model"]["prompt"],
                                              sigmas, args.seed, args.batch_size, args.max_new_tokens,
                                              args.num_beams, args.meteor, args.tokenizer, not args.quiet)}
