@@ -7,7 +7,7 @@ Ctrl-C prints one line and exits 130.
 """
 import logging
 import sys
-from typing import Callable, NoReturn, Optional
+from typing import Callable, Optional, Tuple, Type
 
 
 class UserError(ValueError):
@@ -18,12 +18,29 @@ class UsageError(UserError):
     """A flag combination a command cannot run; the message says which flags and what to do."""
 
 
-def run_cli(entry: Callable[[], Optional[int]], prog: str, interrupted: str = "") -> NoReturn:
-    """Run ``entry()`` as a console command: its return value (None = 0) is the exit status."""
+def one_line(err: BaseException) -> str:
+    """The error's message on one line; for one re-raised from a DataLoader worker (whose message carries the
+    worker's traceback), the original error's own message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(err).__name__}: "
+        text = last[last.index(prefix) + len(prefix):] if prefix in last else last
+    return " ".join(text.split())
+
+
+def run_cli(entry: Callable[[], Optional[int]], prog: str, interrupted: str = "",
+            also: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run ``entry()`` as a console command and return its status (None = 0), for ``sys.exit``.
+
+    ``UserError`` (and the ``also`` types, e.g. ``OSError`` for a command whose failures there are the user's
+    disk or paths) becomes one line and ``SystemExit(2)``; Ctrl-C one line (``interrupted`` says what was kept)
+    and ``SystemExit(130)``.
+    """
     try:
         status = entry()
-    except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except (UserError, *also) as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
@@ -32,4 +49,4 @@ def run_cli(entry: Callable[[], Optional[int]], prog: str, interrupted: str = ""
         for name in list(logging.root.manager.loggerDict):
             if name.startswith("torch"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-    sys.exit(status or 0)
+    return status or 0

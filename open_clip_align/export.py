@@ -41,6 +41,7 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from safetensors.torch import save_file
 
 from .cli_checks import output_problem
+from .errors import UserError, run_cli
 from .models.activation import needs_quickgelu, quickgelu_advice
 from .models.factory import PLUGIN_KEY, plugin_block, unreadable_checkpoint
 
@@ -55,7 +56,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """The export cannot proceed; the message says why and what to do."""
 
 
@@ -336,15 +337,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     """CLI entry point; errors print ``export: error: ...`` and exit with status 2."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
+    args = _parser().parse_args(argv)
+
+    def export() -> None:
         out = export_local_dir(args.checkpoint, args.out_dir, model_name=args.model, overwrite=args.overwrite)
-    except (ExportError, OSError) as e:
-        message = " ".join(str(e).split())
-        parser.exit(2, f"export: error: {message}\n")
-    print(f"exported {args.checkpoint} to {out}; load it with "
-          f"open_clip.create_model_and_transforms('local-dir:{out}')")
+        print(f"exported {args.checkpoint} to {out}; load it with "
+              f"open_clip.create_model_and_transforms('local-dir:{out}')")
+
+    run_cli(export, "export", also=(OSError,))
 
 
 if __name__ == "__main__":

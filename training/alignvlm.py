@@ -38,15 +38,16 @@ from tqdm import tqdm
 
 from open_clip_align.cli_checks import (console_logging, device_problem, non_finite_flags, range_problem,
                                         range_problems)
+from open_clip_align.errors import UserError, run_cli
 from open_clip_align.models.activation import activation_name
-from open_clip_align.vlm.build import VLMConfigError, build_model, check_tower, tower_quick_gelu
-from open_clip_align.vlm.caption_data import (CaptionBatcher, CaptionDataError, CaptionShardLoader,
+from open_clip_align.vlm.build import build_model, check_tower, tower_quick_gelu
+from open_clip_align.vlm.caption_data import (CaptionBatcher, CaptionShardLoader,
                                               CaptionTableLoader, check_shards, read_caption_table)
 from open_clip_align.vlm.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_trained_weights,
                                             load_trainer_state, read_run_config, recorded_model_config,
                                             resolve_checkpoint, save_checkpoint, trained_lm_dirs)
 from open_clip_align.vlm.connector import probability_stats
-from open_clip_align.vlm.lm import LMLoadError, check_lm_spec
+from open_clip_align.vlm.lm import check_lm_spec
 
 LOG = logging.getLogger("training.alignvlm")
 DEFAULT_PROMPT = "A short caption:"
@@ -57,7 +58,7 @@ RESUME_KEYS = ("train_data", "dataset_type", "csv_img_key", "csv_caption_key", "
                "warmup", "seed", "precision", "init_from")
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(UserError):
     """Flags that cannot be combined or a run directory that is in the way."""
 
 
@@ -494,15 +495,8 @@ def _train(args, d: _Dist) -> dict:
 def cli() -> None:
     """Console entry: user errors become one line on stderr and exit status 2; Ctrl-C one line and 130."""
     console_logging()
-    try:
-        main()
-    except (TrainingConfigError, CaptionDataError, LMLoadError, VLMConfigError, CheckpointError) as err:
-        print(f"training.alignvlm: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("training.alignvlm: interrupted; continue from the newest checkpoint with the same flags and "
-              "--resume latest", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(run_cli(lambda: main() and 0, "training.alignvlm",
+                     interrupted="continue from the newest checkpoint with the same flags and --resume latest"))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ def main(argv: Optional[Sequence[str]] = None):
 
 def cli() -> None:
     """Console entry: user errors become one line and exit status 2, Ctrl-C one line and 130."""
-    run_cli(lambda: 1 if main() == -1 else 0, "training.main",
-            interrupted="checkpoints written so far are kept (continue with --resume latest)")
+    sys.exit(run_cli(lambda: 1 if main() == -1 else 0, "training.main",
+                     interrupted="checkpoints written so far are kept (continue with --resume latest)"))
 
 
 if __name__ == "__main__":

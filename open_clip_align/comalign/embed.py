@@ -25,7 +25,6 @@ is a tag already in the open_clip cache or a local file, detector weights are lo
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
@@ -35,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem, range_problem
+from ..errors import run_cli
 from ..models.activation import activation_name, force_quickgelu_kwargs, needs_quickgelu
 from .annotations import FORMATS, ComAlignDataError, ImageCaptions, load_annotations
 from .boxes import Box, BoxProvider, add_box_arguments, box_provider_from_args
@@ -378,35 +378,20 @@ def run(args) -> dict:
                           progress=not args.quiet)
 
 
-def _one_line(err: Exception) -> str:
-    """The error's message; for one re-raised from a DataLoader worker (whose message carries the worker's
-    traceback), the original error's own message."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        prefix = f"{type(err).__name__}: "
-        text = last[last.index(prefix) + len(prefix):] if prefix in last else last
-    return text
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console_logging()
-    try:
+
+    def embed() -> None:
         stats = run(args)
-    except ComAlignDataError as err:
-        print(f"{parser.prog}: error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; run the same command again to continue from {args.out}.partial",
-              file=sys.stderr)
-        sys.exit(130)
-    rate = lambda v: f"{v:.1f}" if v else "-"  # noqa: E731
-    print(f"wrote {stats['path']}: {stats['images']} images, {stats['captions']} captions "
-          f"({stats['skipped']} images already there); {rate(stats['images_per_s'])} images/s, "
-          f"{rate(stats['captions_per_s'])} captions/s")
+        rate = lambda v: f"{v:.1f}" if v else "-"  # noqa: E731
+        print(f"wrote {stats['path']}: {stats['images']} images, {stats['captions']} captions "
+              f"({stats['skipped']} images already there); {rate(stats['images_per_s'])} images/s, "
+              f"{rate(stats['captions_per_s'])} captions/s")
+
+    run_cli(embed, parser.prog, interrupted=f"run the same command again to continue from {args.out}.partial")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ without any complete image is always refused.
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
 
 from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem, range_problem
+from ..errors import run_cli
 from ..eval.report import write_results
 from ..eval.retrieval import metrics
 from ..models.activation import activation_name, force_quickgelu_kwargs, needs_quickgelu
@@ -193,41 +193,38 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console_logging()
-    prog = "python -m open_clip_align.comalign.evaluate"
-    try:
-        import open_clip_align  # noqa: F401  (comalign-* model names)
-        from ..models import plugin_block
-        from .model import load_comalign_head
-        from .store import ComponentStore, read_reference_layout
+    run_cli(lambda: _evaluate(args), "python -m open_clip_align.comalign.evaluate",
+            interrupted="nothing was written")
 
-        _check_args(args)
-        if (plugin_block(args.model) or {}).get("arch") != "comalign":
-            raise ComAlignDataError(f"--model {args.model} is not a ComAlign model (comalign-*)")
-        with ComponentStore(args.store) as store:
-            status = check_store(store, args.allow_partial)
-            attrs = store.attrs
-            model = _build_model(args, attrs)
-            if args.head_checkpoint:  # after --pretrained, so it wins over the head of a combined checkpoint
-                load_comalign_head(model.comalign_head, args.head_checkpoint)
-            model.eval()
-            if args.reference_dir is not None:
-                arrays = read_reference_layout(args.reference_dir, args.reference_split, args.reference_tag,
-                                               max_captions=args.max_captions, image_ids=store.ids(), source=store)
-            else:
-                arrays = store.load_arrays(max_captions=args.max_captions)
-        stored = (arrays["entity"].shape[1], arrays["relation"].shape[1])
-        if stored != (model.n_entity, model.n_relation):
-            raise ComAlignDataError(f"{args.reference_dir or args.store}: {stored[0]} entity / {stored[1]} relation "
-                                    f"slots per image, but --model {args.model} has {model.n_entity} / "
-                                    f"{model.n_relation}")
-        results = evaluate_arrays(model, arrays, padding=args.padding, ks=args.ks, batch_size=args.batch_size,
-                                  device=args.device)
-    except (ComAlignDataError, FileNotFoundError, ValueError) as err:  # user input; torch's RuntimeErrors are not
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+
+def _evaluate(args) -> None:
+    import open_clip_align  # noqa: F401  (comalign-* model names)
+    from ..models import plugin_block
+    from .model import load_comalign_head
+    from .store import ComponentStore, read_reference_layout
+
+    _check_args(args)
+    if (plugin_block(args.model) or {}).get("arch") != "comalign":
+        raise ComAlignDataError(f"--model {args.model} is not a ComAlign model (comalign-*)")
+    with ComponentStore(args.store) as store:
+        status = check_store(store, args.allow_partial)
+        attrs = store.attrs
+        model = _build_model(args, attrs)
+        if args.head_checkpoint:  # after --pretrained, so it wins over the head of a combined checkpoint
+            load_comalign_head(model.comalign_head, args.head_checkpoint)
+        model.eval()
+        if args.reference_dir is not None:
+            arrays = read_reference_layout(args.reference_dir, args.reference_split, args.reference_tag,
+                                           max_captions=args.max_captions, image_ids=store.ids(), source=store)
+        else:
+            arrays = store.load_arrays(max_captions=args.max_captions)
+    stored = (arrays["entity"].shape[1], arrays["relation"].shape[1])
+    if stored != (model.n_entity, model.n_relation):
+        raise ComAlignDataError(f"{args.reference_dir or args.store}: {stored[0]} entity / {stored[1]} relation "
+                                f"slots per image, but --model {args.model} has {model.n_entity} / "
+                                f"{model.n_relation}")
+    results = evaluate_arrays(model, arrays, padding=args.padding, ks=args.ks, batch_size=args.batch_size,
+                              device=args.device)
     record = {"model": args.model, "pretrained": args.pretrained, "head_checkpoint": args.head_checkpoint,
               "task": "comalign_retrieval", "metrics": results,
               "protocol": _protocol(attrs, arrays, args, status, activation_name(model))}

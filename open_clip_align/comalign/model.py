@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
+from ..errors import UserError
 from ..models.registry import register_arch
 
 HEAD = "comalign_head."
@@ -112,6 +113,14 @@ class ComAlignHead(nn.Module):
         return {"entity": y[:, :ne], "relation": y[:, ne:ne + nr], "refined_global": y[:, -1]}
 
 
+class HeadCheckpointError(UserError):
+    """A ComAlign head checkpoint that does not load into the head; the message names the file and why."""
+
+
+class HeadFileNotFound(HeadCheckpointError, FileNotFoundError):
+    """The head checkpoint file does not exist."""
+
+
 def _head_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     """Unwrap ``state_dict``/``model``, strip ``module.``, keep only ``comalign_head.*`` keys when present."""
     if isinstance(obj, Mapping):
@@ -120,7 +129,7 @@ def _head_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"ComAlign head checkpoint {source}: expected a state dict of tensors (raw or under "
+        raise HeadCheckpointError(f"ComAlign head checkpoint {source}: expected a state dict of tensors (raw or under "
                          f"'state_dict'/'model'), got {type(obj).__name__}")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
     if any(k.startswith(HEAD) for k in state):
@@ -144,29 +153,33 @@ def load_comalign_head(head: ComAlignHead, path_or_state: Union[str, os.PathLike
     else:
         source = os.fspath(path_or_state)
         if not os.path.isfile(source):
-            raise FileNotFoundError(f"ComAlign head checkpoint {source}: no such file")
+            raise HeadFileNotFound(f"ComAlign head checkpoint {source}: no such file")
         try:
             obj = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as err:  # pickled modules, corrupt files: say which file and why
-            raise ValueError(f"ComAlign head checkpoint {source}: cannot be read as a tensor state dict "
-                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            if "weights_only" in str(err):  # torch's advice to unpickle untrusted code: only its first sentence
+                detail = detail.split(". ")[0]
+            raise HeadCheckpointError(f"ComAlign head checkpoint {source}: cannot be read as a tensor state dict "
+                                      f"({type(err).__name__}: {detail})") from None
     state = _head_state_dict(obj, source)
     expected = head.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(f"ComAlign head checkpoint {source} does not match the head: missing keys {missing[:8]}"
-                         f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                         f"{'...' if len(unexpected) > 8 else ''}")
+        raise HeadCheckpointError(f"ComAlign head checkpoint {source} does not match the head: missing keys "
+                                  f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
+                                  f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
     wrong = [f"{k} {tuple(state[k].shape)} (head: {tuple(v.shape)})" for k, v in expected.items()
              if state[k].shape != v.shape]
     if wrong:
-        raise ValueError(f"ComAlign head checkpoint {source}: shape mismatch for {', '.join(wrong[:4])}")
+        raise HeadCheckpointError(f"ComAlign head checkpoint {source}: shape mismatch for {', '.join(wrong[:4])}")
     computed = comalign_positional_encoding(head.n_slots, head.dim)
     error = (state[PE_KEY].detach().float().cpu() - computed).abs().max().item()
     if not error <= PE_TOLERANCE:
-        raise ValueError(f"ComAlign head checkpoint {source}: its positional encoding differs from the computed "
-                         f"one (max abs difference {error:.3g} > {PE_TOLERANCE:g}); not a ComAlign head of this layout")
+        raise HeadCheckpointError(f"ComAlign head checkpoint {source}: its positional encoding differs from the "
+                                  f"computed one (max abs difference {error:.3g} > {PE_TOLERANCE:g}); not a ComAlign "
+                                  f"head of this layout")
     head.load_state_dict(state, strict=True)
 
 

@@ -157,11 +157,11 @@ class ComAlignModelScorer(ModelScorer):
         box_options(args, "comalign-")
 
     def build(self, args, model, preprocess, tokenizer, base):
-        from .model import load_comalign_head
+        from .model import HeadCheckpointError, load_comalign_head
         if args.comalign_head:  # after --pretrained, so it wins over the head of a combined checkpoint
             try:
                 load_comalign_head(model.comalign_head, args.comalign_head)
-            except ValueError as err:
+            except HeadCheckpointError as err:  # the suite's own error class, as for its other inputs
                 raise EvalDataError(str(err)) from None
         return ComAlignScorer(model, preprocess, tokenizer, box_provider_from_args(args, "comalign-"),
                               render=args.comalign_render, letterbox=args.comalign_letterbox,

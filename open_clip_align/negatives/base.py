@@ -7,6 +7,8 @@ OpenAI-compatible chat endpoint), ``hf`` (a local Hugging Face causal LM).
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Protocol, Sequence
 
+from ..errors import UserError
+
 #: DeGLA's five types, then SugarCrepe's three.
 NEG_TYPES = ("reshuffle_order", "swap_nouns", "swap_adjectives", "replace_adjectives", "replace_nouns",
              "replace_relation", "add_object", "add_attribute")
@@ -24,7 +26,7 @@ class Request:
     seed: int = 0
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError):
     """The backend cannot work at all (unreachable endpoint, missing model): the message says what to fix."""
 
 

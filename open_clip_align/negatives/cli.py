@@ -20,7 +20,6 @@ per type and reason, short captions, time) is printed and written to OUT.summary
 import argparse
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..cli_checks import non_finite_flags, output_problem
+from ..errors import run_cli
+from ..user_modules import import_user_modules
 from .base import DEGLA_TYPES, NEG_TYPES, BackendError, Request, create_backend, list_backends
 from .io import (CONVERT_FORMATS, INPUT_FORMATS, CaptionRow, InputError, JsonlAppender, convert, finished_rows,
                  output_row, read_captions, truncate_torn_line, write_atomic)
@@ -66,9 +67,9 @@ def _positive_float(text: str) -> float:
 
 
 def _add_import_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import a module that registers extra backends (register_backend) before running; "
-                        "repeatable")
+    p.add_argument("--import", dest="imports", default=None, metavar="MODULE[,MODULE...]",
+                   help="import modules that register extra backends (register_backend) before running (a dotted "
+                        "name or a .py file)")
 
 
 def generate_parser() -> argparse.ArgumentParser:
@@ -455,19 +456,19 @@ def format_summary(summary: dict) -> str:
 
 # ----------------------------------------------------------------------------- entry point
 
-def _import_modules(argv: Sequence[str]) -> None:
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    _add_import_flag(pre)
-    for name in pre.parse_known_args(argv)[0].imports:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise InputError(f"--import {name}: {e}") from None
+def _convert(args) -> int:
+    result = convert(args.input, args.output, args.to, args.image_root, args.image_template, args.shard_size)
+    print(f"wrote {result['rows']} rows to {', '.join(result['files'])}")
+    if args.to == "wds":
+        print(f"train with --hardneg-format wds --train-data '{result['train_data']}' "
+              f"--train-num-samples {result['rows']}")
+    return 0
 
 
-def _fail(prog: str, err: Exception) -> None:
-    print(f"{prog}: error: {err}", file=sys.stderr)
-    sys.exit(2)
+def _generate(argv: List[str]) -> int:
+    args = generate_parser().parse_args(import_user_modules(argv))
+    print(format_summary(generate(args)))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -475,29 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "convert":
         args = convert_parser().parse_args(argv[1:])
-        try:
-            result = convert(args.input, args.output, args.to, args.image_root, args.image_template, args.shard_size)
-        except (InputError, OSError) as e:
-            _fail(f"{PROG} convert", e)
-        print(f"wrote {result['rows']} rows to {', '.join(result['files'])}")
-        if args.to == "wds":
-            print(f"train with --hardneg-format wds --train-data '{result['train_data']}' "
-                  f"--train-num-samples {result['rows']}")
-        return 0
+        return run_cli(lambda: _convert(args), f"{PROG} convert", also=(OSError,))
     if argv and argv[0] == "generate":
         argv = argv[1:]
-    try:
-        _import_modules(argv)
-    except InputError as e:
-        _fail(PROG, e)
-    args = generate_parser().parse_args(argv)
-    try:
-        summary = generate(args)
-    except (InputError, BackendError, OSError) as e:
-        _fail(PROG, e)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished captions are in {args.output}: rerun the same command to resume",
-              file=sys.stderr)
-        sys.exit(130)
-    print(format_summary(summary))
-    return 0
+    return run_cli(lambda: _generate(argv), PROG, also=(OSError,),
+                   interrupted="finished captions are in --output: rerun the same command to resume")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..cli_checks import output_problem
+from ..errors import UserError
 
 INPUT_FORMATS = ("coco", "csv", "tsv", "jsonl")
 CONVERT_FORMATS = ("csv", "degla-json", "wds")
@@ -29,7 +30,7 @@ _WDS_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _OUTPUT_KEYS = ("id", "image", "original", "enhanced", "types")
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A bad input, output or conversion file; the message names the file, the row and what was expected."""
 
 

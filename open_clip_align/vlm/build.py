@@ -20,6 +20,7 @@ from typing import Callable, Optional, Tuple
 
 from torch import nn
 
+from ..errors import UserError
 from ..models.activation import force_quickgelu_kwargs, needs_quickgelu, quickgelu_advice
 from .lm import load_lm
 from .model import AlignVLM
@@ -30,7 +31,7 @@ __all__ = ["LM_TRAINING", "VLMConfigError", "apply_lora", "build_model", "check_
 LM_TRAINING = ("frozen", "full", "lora")
 
 
-class VLMConfigError(ValueError):
+class VLMConfigError(UserError):
     """A model setting that cannot be built (unknown tower, missing weights file, LoRA without peft, ...)."""
 
 

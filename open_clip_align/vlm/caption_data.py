@@ -29,6 +29,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from ..errors import UserError
 from .layout import SequenceLayout
 
 __all__ = [
@@ -48,7 +49,7 @@ _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _WORKER_MARKER = "CaptionDataError: "
 
 
-class CaptionDataError(ValueError):
+class CaptionDataError(UserError):
     """Bad image-caption data or data flags; the message names the file (row / shard sample) and the problem."""
 
 

@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
+from ..errors import UserError
 from .build import build_model
 from .model import AlignVLM, ConnectorFileError, load_state_file, state_dict_mismatch
 
@@ -48,7 +49,7 @@ CONNECTOR_DIR, LM_DIR, LORA_DIR = "connector", "lm", "lora"
 PathLike = Union[str, os.PathLike]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint path that does not exist or is not an AlignVLM checkpoint."""
 
 

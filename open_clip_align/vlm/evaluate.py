@@ -28,13 +28,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem
+from ..errors import UserError, run_cli
 from ..eval.report import write_results
 from ..models.activation import activation_name
-from .build import VLMConfigError
 from .caption_metrics import caption_scores, java_available, load_karpathy_captions, write_predictions
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .lm import LMLoadError
-from .model import ConnectorFileError
+from .checkpoint import load_checkpoint, resolve_checkpoint
 
 __all__ = ["EvalError", "check_args", "coco_image_ids", "decoding_settings", "generate_captions", "load_images",
            "main", "metrics_table", "score_captions", "write_text"]
@@ -43,7 +41,7 @@ METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D", "rouge_l": "ROUGE-L", "me
 _NUMBERED = re.compile(r"(\d+)\.[A-Za-z]+$")
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """Bad evaluation input (data file, images, flags); the message names the file or flag."""
 
 
@@ -219,22 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return result
 
 
-def run_cli(entry: Callable[[], object], prog: str) -> None:
-    """Run a vlm console entry: user errors (bad data, checkpoint, config, LM) become one line on stderr and
-    exit status 2; Ctrl-C one line and 130."""
-    console_logging()
-    try:
-        entry()
-    except (EvalError, CheckpointError, ConnectorFileError, VLMConfigError, LMLoadError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
-
-
 def cli() -> None:
-    run_cli(main, "open_clip_align.vlm.evaluate")
+    console_logging()
+    sys.exit(run_cli(lambda: main() and 0, "open_clip_align.vlm.evaluate", interrupted="nothing was written"))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 __all__ = [
     "LMLoadError",
     "SMOLLM2",
@@ -36,7 +38,7 @@ _SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")            # ids 0..3
 _TINY_VOCAB = 128                                       # 4 specials + 95 printable ASCII characters, padded
 
 
-class LMLoadError(ValueError):
+class LMLoadError(UserError):
     """The ``--lm`` value names nothing loadable; the message says what was expected."""
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..models.activation import activation_name, force_quickgelu_kwargs
 from .connector import AlignConnector, MLPConnector
 from .layout import IGNORE_INDEX, SequenceLayout, special_token_id
@@ -35,7 +36,7 @@ CONNECTOR_WEIGHTS_NAME = "alignvlm_connector.pt"
 FeatureTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
-class ConnectorFileError(ValueError):
+class ConnectorFileError(UserError):
     """A saved connector (or other weights file) that is missing, unreadable or does not fit the model; the
     message names the file and what it is not."""
 

@@ -16,6 +16,7 @@ sees the same noise for the same images.
         --data coco_karpathy_test.json --image-root /data/coco --sigma 3 --relative-sigma 0.5 1 --out results/noise
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -23,11 +24,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..cli_checks import console_logging
+from ..errors import run_cli
 from ..eval.report import write_results
 from ..models.activation import activation_name
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .evaluate import (EvalError, METRIC_NAMES, check_args, decoding_settings, device_for, generate_captions,
-                       load_images, metrics_table, read_karpathy, run_cli, score_captions, write_text)
+                       load_images, metrics_table, read_karpathy, score_captions, write_text)
 
 __all__ = ["FeatureNoise", "connector_cosine_distance", "feature_std", "main", "noise_robustness"]
 
@@ -202,7 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def cli() -> None:
-    run_cli(main, "open_clip_align.vlm.noise")
+    console_logging()
+    sys.exit(run_cli(lambda: main() and 0, "open_clip_align.vlm.noise", interrupted="nothing was written"))
 
 
 if __name__ == "__main__":
