@@ -20,6 +20,8 @@ open_clip loader is replaced by one that builds such pairs with QuickGELU and sa
 import logging
 import sys
 
+from ..errors import UserError, run_cli
+
 PROG = "open-clip-align-clip-benchmark"
 
 
@@ -58,14 +60,16 @@ def install_loader() -> bool:
 def main() -> None:
     import open_clip_align  # noqa: F401  (registers plugin model configs before CLIP_benchmark builds models)
 
-    try:
-        from clip_benchmark import cli
-    except ImportError as err:
-        print(f"{PROG}: error: CLIP_benchmark is not installed ({err}); "
-              f"pip install 'open_clip_align[eval]' (clip-benchmark==1.6.2)", file=sys.stderr)
-        sys.exit(2)
-    install_loader()
-    sys.exit(cli.main())
+    def run():
+        try:
+            from clip_benchmark import cli
+        except ImportError as err:
+            raise UserError(f"CLIP_benchmark is not installed ({err}); pip install 'open_clip_align[eval]' "
+                            f"(clip-benchmark==1.6.2)") from None
+        install_loader()
+        return cli.main()
+
+    sys.exit(run_cli(run, PROG))
 
 
 if __name__ == "__main__":
