@@ -36,6 +36,7 @@ setup(
             "open-clip-align-train=training.main:cli",
             "open-clip-align-synthetic=open_clip_align.data.synthetic:main",
             "open-clip-align-eval=open_clip_align.eval.cli:main",
+            "open-clip-align-fetch=open_clip_align.eval.fetch:main",
             "open-clip-align-export=open_clip_align.export:main",
             "open-clip-align-clip-benchmark=open_clip_align.eval.clip_benchmark_cli:main",
             "open-clip-align-negatives=open_clip_align.negatives.cli:main",
