@@ -4,7 +4,9 @@ Image features come from an image's top-left pixel (red channel → angle on the
 from a caption table, so every cosine in a test is known in advance. ``scorer_for(table)`` wraps it in the
 suite's ``DualEncoderScorer``.
 """
+import json
 import math
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -87,3 +89,67 @@ class VectorModel:
 def vector_scorer(captions, **kwargs):
     model = VectorModel(captions, **{k: kwargs.pop(k) for k in ("dim", "seed") if k in kwargs})
     return DualEncoderScorer(model, model.preprocess, model.tokenizer, progress=False, **kwargs), model
+
+
+# ---------------------------------------------------------------- 2024-26 benchmarks: stub scorer and official files
+
+class TableScorer:
+    """A stub scorer with fixed scores: s(image, caption) = ``pairs[(image file name, caption)]`` and t(a, b) =
+    ``texts[(a, b)]`` (or ``texts[(b, a)]``; t(a, a) = 1), float32 like the suite's scorers; anything not in the
+    tables scores ``default``. ``text_norms`` (the blind caption prior) is the caption length."""
+
+    def __init__(self, pairs, texts=None, default=0.0):
+        self.pairs, self.texts, self.default = dict(pairs), dict(texts or {}), default
+
+    def _pair(self, ref, caption):
+        return self.pairs.get((Path(ref.path).name, caption), self.default)
+
+    def _text(self, a, b):
+        return 1.0 if a == b else self.texts.get((a, b), self.texts.get((b, a), self.default))
+
+    def score_items(self, items):
+        return [torch.tensor([[self._pair(r, c) for c in it.captions] for r in it.images], dtype=torch.float32)
+                for it in items]
+
+    def score_text_pairs(self, items):
+        return [torch.tensor([[self._text(a, b) for b in it.captions] for a in it.captions], dtype=torch.float32)
+                for it in items]
+
+    def text_norms(self, texts):
+        return {t: float(len(t)) for t in texts}
+
+
+def png(path, colour=(0, 0, 0), size: int = 8) -> str:
+    """A tiny RGB PNG (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), colour).save(path, format="PNG")
+    return str(path)
+
+
+def write_json(path, data) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def write_sugarcrepe_pp(root, subset: str, records) -> Path:
+    """``<root>/data/<subset>.json`` (a list of {id, filename, caption, caption2, negative_caption}) and a PNG per
+    filename under ``<root>/images/``."""
+    for record in records:
+        png(Path(root) / "images" / record["filename"])
+    return write_json(Path(root) / "data" / f"{subset}.json", list(records))
+
+
+def write_mmvp(root, rows, folder_type: str = "Orientation") -> Path:
+    """``<root>/Questions.csv`` (header + ``rows`` of (qid, type, statement)) and ``MLLM_VLM Images/<Type>/<qid>.jpg``
+    for every qid (in the first row's Type folder of each pair, as the official script reads them)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["Question ID,Type,Statement"] + [f"{qid},{kind},{text}" for qid, kind, text in rows]
+    (root / "Questions.csv").write_text("\n".join(lines) + "\n")
+    for k in range(0, len(rows) - 1, 2):
+        for qid, _, _ in rows[k:k + 2]:
+            png(root / "MLLM_VLM Images" / rows[k][1] / f"{qid}.jpg")
+    return root / "Questions.csv"

@@ -4,16 +4,21 @@
         --benchmark sugarcrepe aro valse --data-root /data/benchmarks --out results.json
     python -m open_clip_align.eval --model degla-tiny-ViT --pretrained logs/run/checkpoints/epoch_5.pt \\
         --benchmark synthetic --data-root synthetic=runs/quickstart/data
-    python -m open_clip_align.eval --compare clip.json degla.json --compare-png compare.png
+    python -m open_clip_align.eval --model ViT-B-32-quickgelu --pretrained openai --benchmark all \\
+        --data-root /data/benchmarks --out clip.json --summary-png clip.png
+    python -m open_clip_align.eval --compare clip.json degla.json --compare-png compare.png --summary-png summary.png
 
 Models: any name open_clip knows (built-in, plugin configs such as ``degla-*``/``negclip-*``, ``local-dir:``
 exports); ``--pretrained`` is a tag or a checkpoint file. ComAlign models (``comalign-*``) rank with their
 components (boxes from ``--comalign-boxes``, spaCy phrases) in the paper form; their zero-shot numbers are the
 base CLIP's. Data is never downloaded: each benchmark reads the
-official files under its root (``--data-root DIR`` means DIR/<benchmark>; ``--data-root NAME=DIR`` sets one).
+official files under its root (``--data-root DIR`` means DIR/<benchmark>; ``--data-root NAME=DIR`` sets one);
+``--benchmark all`` runs every benchmark whose root folder exists and names the others with the command that
+fetches them (``python -m open_clip_align.eval.fetch NAME --dest DIR``, opt-in, never run from here).
 Each official protocol is reproduced (tie rules, averaging, filters), and every pairwise benchmark also reports
 blind text-only baselines (a bigram LM fit on its positive captions, and the text tower's embedding norm).
-Results: a list of CLIP_benchmark-layout records in ``--out`` (JSON) and a Markdown table on stdout. A plain
+Results: a list of CLIP_benchmark-layout records in ``--out`` (JSON), a Markdown table per record on stdout and
+a one-page summary of every benchmark's headline metrics (``--summary-png``: as a heatmap). A plain
 model name with OpenAI weights (``--model ViT-B-32 --pretrained openai``) is built with QuickGELU, as those
 weights were trained (one line says so); every record's protocol names the activation used.
 """
@@ -28,8 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .aro import DATASETS as ARO_DATASETS
-from .benchmarks import BENCHMARKS, LAYOUTS
-from .items import EvalDataError
+from .benchmarks import BENCHMARKS, FETCH, LAYOUTS
+from .items import EvalDataError, fetch_command
 from .model_scorers import add_model_scorer_arguments, check_model_scorer_flags, model_scorer_for
 
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -37,7 +42,8 @@ PROG = "python -m open_clip_align.eval"
 # benchmark-specific flags: a value other than the default with none of these benchmarks requested is refused
 BENCHMARK_FLAGS = {"aro_datasets": ("aro",), "spacy_model": ("aro",), "valse_unfiltered": ("valse",),
                    "retrieval_dataset": ("retrieval",), "retrieval_max_captions": ("retrieval",),
-                   "zeroshot_split": ("zeroshot",)}
+                   "zeroshot_split": ("zeroshot",), "eqben_annotation": ("eqben",)}
+ALL = "all"
 
 
 def _count(minimum: int):
@@ -58,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="open_clip model name (built-in, plugin, or local-dir:PATH)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file (default: none)")
-    p.add_argument("--benchmark", nargs="+", default=[], choices=sorted(BENCHMARKS), metavar="NAME",
-                   help=f"one or more of: {', '.join(sorted(BENCHMARKS))}")
+    p.add_argument("--benchmark", nargs="+", default=[], choices=sorted(BENCHMARKS) + [ALL], metavar="NAME",
+                   help=f"one or more of: {', '.join(sorted(BENCHMARKS))}; or '{ALL}': every benchmark whose folder "
+                        f"exists under --data-root (the others are named with their fetch command)")
     p.add_argument("--data-root", nargs="+", default=[], metavar="[NAME=]DIR",
                    help="DIR: each benchmark reads DIR/<benchmark>; NAME=DIR: the root of one benchmark")
     p.add_argument("--device", default="cpu")
@@ -83,10 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval-max-captions", type=_count(1), default=None,
                    help="keep only the first N captions per image (default: all, CLIP_benchmark's protocol)")
     p.add_argument("--zeroshot-split", default="test", help="zeroshot: the split folder to read (default: test)")
+    p.add_argument("--eqben-annotation", default=None, metavar="FILE",
+                   help="eqben: a Winoground-style annotation under its root ({image0, caption0, image1, caption1} "
+                        "records) instead of the official randomized set or EqBen_Mini's all_select.json")
     add_model_scorer_arguments(p)
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="JSON",
                    help="render result files side by side (no evaluation)")
     p.add_argument("--compare-png", type=Path, default=None, help="with --compare: also write a bar chart")
+    p.add_argument("--summary-png", type=Path, default=None,
+                   help="also write the summary heatmap (headline metrics x models) here, evaluating or comparing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -98,6 +110,51 @@ def data_roots(entries: Sequence[str], benchmarks: Sequence[str]) -> Dict[str, P
     (unless the whole entry is an existing folder whose path holds '='), a NAME not in ``benchmarks``, and a
     root that is not a folder (with the layout expected there).
     """
+    shared, named = _parse_roots(entries, benchmarks)
+    roots = {}
+    for name in benchmarks:
+        root = named.get(name) or (shared / name if shared is not None else None)
+        if root is None or not root.is_dir():
+            hint = (f" (if {shared} itself holds the {name} files, pass --data-root {name}={shared})"
+                    if shared is not None and name not in named and shared.is_dir() else "")
+            raise EvalDataError(f"{name}: data root {root or '(none given)'} is not a directory; pass --data-root "
+                                f"DIR (reads DIR/{name}) or {name}=DIR{hint}. Expected layout: {LAYOUTS[name]}")
+        roots[name] = root
+    return roots
+
+
+def missing_note(name: str, root: Path) -> str:
+    """One line for a benchmark whose root folder is absent: the command that fetches it there, or (for one the
+    fetcher does not know) where its layout is described."""
+    if name in FETCH:
+        return f"{name}: no data at {root}; fetch it with `{fetch_command(FETCH[name], root.parent)}`"
+    return (f"{name}: no data at {root}; the fetcher does not cover it: place the official files there (the layout "
+            f"is in the error of --benchmark {name} --data-root {root.parent})")
+
+
+def available_roots(entries: Sequence[str]) -> tuple:
+    """For ``--benchmark all``: ``({benchmark: root} of those whose root folder exists, {benchmark: missing_note}
+    of the others)``, in registration order. A NAME=DIR root must exist; an error if no benchmark has data."""
+    shared, named = _parse_roots(entries, list(BENCHMARKS))
+    if shared is None and not named:
+        raise EvalDataError(f"--benchmark {ALL} needs --data-root DIR (each benchmark reads DIR/<benchmark>)")
+    roots, missing = {}, {}
+    for name in BENCHMARKS:
+        root = named.get(name) or (shared / name if shared is not None else None)
+        if name in named and not root.is_dir():
+            raise EvalDataError(f"--data-root {name}={root}: not a directory. Expected layout: {LAYOUTS[name]}")
+        if root is not None and root.is_dir():
+            roots[name] = root
+        elif root is not None:
+            missing[name] = missing_note(name, root)
+    if not roots:
+        raise EvalDataError(f"--benchmark {ALL}: no benchmark folder under {shared} (expected {shared}/<name> for any "
+                            f"of {', '.join(BENCHMARKS)}); fetch one with `{fetch_command('NAME', shared)}`")
+    return roots, missing
+
+
+def _parse_roots(entries: Sequence[str], benchmarks: Sequence[str]) -> tuple:
+    """``(shared DIR or None, {NAME: DIR})`` from the ``--data-root`` entries (refusals: see ``data_roots``)."""
     shared, named = None, {}
     for entry in entries:
         name, sep, path = entry.partition("=")
@@ -122,16 +179,32 @@ def data_roots(entries: Sequence[str], benchmarks: Sequence[str]) -> Dict[str, P
             raise EvalDataError(f"--data-root {entry}: {name} is not among --benchmark {' '.join(benchmarks)}; "
                                 f"add it to --benchmark or drop this root")
         named[name] = Path(path)
-    roots = {}
-    for name in benchmarks:
-        root = named.get(name) or (shared / name if shared is not None else None)
-        if root is None or not root.is_dir():
-            hint = (f" (if {shared} itself holds the {name} files, pass --data-root {name}={shared})"
-                    if shared is not None and name not in named and shared.is_dir() else "")
-            raise EvalDataError(f"{name}: data root {root or '(none given)'} is not a directory; pass --data-root "
-                                f"DIR (reads DIR/{name}) or {name}=DIR{hint}. Expected layout: {LAYOUTS[name]}")
-        roots[name] = root
-    return roots
+    return shared, named
+
+
+def requested(args) -> List[str]:
+    """The benchmark names ``--benchmark`` asks for (every registered one for ``all``)."""
+    if ALL in args.benchmark:
+        if len(args.benchmark) > 1:
+            raise EvalDataError(f"--benchmark {' '.join(args.benchmark)}: '{ALL}' runs every benchmark with data; "
+                                f"give it alone or name the benchmarks")
+        return list(BENCHMARKS)
+    return list(args.benchmark)
+
+
+def resolve_benchmarks(args) -> tuple:
+    """``({benchmark: root} to run, {benchmark: missing_note} not run)``: the named benchmarks (each root must
+    exist), or for ``all`` those whose folder exists. Benchmark flags whose benchmark does not run are refused."""
+    names = requested(args)
+    if ALL not in args.benchmark:
+        return data_roots(args.data_root, names), {}
+    roots, missing = available_roots(args.data_root)
+    defaults = _parser().parse_args([])
+    for dest, owners in BENCHMARK_FLAGS.items():
+        if getattr(args, dest) != getattr(defaults, dest) and not set(owners) & set(roots):
+            raise EvalDataError(f"{_flag(dest)} applies to --benchmark {' or '.join(owners)}, which has no data here "
+                                f"({'; '.join(missing[o] for o in owners if o in missing)})")
+    return roots, missing
 
 
 def check_flags(args) -> None:
@@ -144,7 +217,7 @@ def check_flags(args) -> None:
 
     defaults = _parser().parse_args([])
     for dest, owners in BENCHMARK_FLAGS.items():
-        if getattr(args, dest) != getattr(defaults, dest) and not set(owners) & set(args.benchmark):
+        if getattr(args, dest) != getattr(defaults, dest) and not set(owners) & set(requested(args)):
             raise EvalDataError(f"{_flag(dest)} applies to --benchmark {' or '.join(owners)}, which is not among "
                                 f"--benchmark {' '.join(args.benchmark)}")
     check_model_scorer_flags(args, defaults)
@@ -163,11 +236,12 @@ def _flag(dest: str) -> str:
 
 
 def check_outputs(args) -> None:
-    """Before any work: ``--out`` and ``--compare-png`` must be creatable or replaceable files (missing folders
+    """Before any work: ``--out``, ``--compare-png`` and ``--summary-png`` must be creatable or replaceable files
+    (missing folders
     are created when the file is written), ``--cache-dir`` a folder that can be written."""
     from ..cli_checks import output_problem
 
-    for dest, directory in (("out", False), ("compare_png", False), ("cache_dir", True)):
+    for dest, directory in (("out", False), ("compare_png", False), ("summary_png", False), ("cache_dir", True)):
         path = getattr(args, dest)
         problem = output_problem(path, _flag(dest), directory=directory) if path is not None else None
         if problem:
@@ -305,26 +379,42 @@ def activation(scorer) -> Optional[str]:
 
 
 def evaluate(args, scorer=None) -> List[dict]:
-    """Run every requested benchmark; returns the result records (blind baselines under metrics['blind']; the
-    model's activation in each protocol)."""
+    """Run every requested benchmark (``resolve_benchmarks``); returns the result records (blind baselines under
+    metrics['blind']; the model's activation in each protocol; each benchmark's headline metrics under
+    'headline')."""
     from .baselines import blind_baselines
     from .report import result_record
 
     check_flags(args)
-    roots = data_roots(args.data_root, args.benchmark)
+    roots = resolve_benchmarks(args)[0]
     scorer = scorer or build_scorer(args)
     act = activation(scorer)
     records = []
-    for name in args.benchmark:
-        logging.info(f"evaluating {name} from {roots[name]}")
-        for part in BENCHMARKS[name](scorer, roots[name], args):
+    for name, root in roots.items():
+        logging.info(f"evaluating {name} from {root}")
+        for part in BENCHMARKS[name](scorer, root, args):
             metrics = dict(part.metrics)
             if part.items is not None and not args.no_blind:
                 metrics["blind"] = blind_baselines(part.items, part.metrics_fn, dual_encoder_scorer=scorer)
             records.append(result_record(part.dataset, args.model, args.pretrained, part.task, metrics,
                                          {**part.protocol, "activation": act}, precision=args.precision,
-                                         seed=args.seed))
+                                         seed=args.seed, headline=part.headline))
     return records
+
+
+def summary_text(records: Sequence[dict], missing: Dict[str, str], png=None) -> str:
+    """The one-page summary of an evaluation: the headline metrics of every record (``report.summary``), the
+    benchmarks not run for want of data, and with ``png`` the heatmap written there."""
+    from .report import model_label, summary, summary_heatmap, summary_table
+
+    labels = [model_label(records[0])] if records else []
+    rows = summary([records])
+    if png is not None:
+        summary_heatmap(png, labels, rows)
+    lines = ["## Summary: headline metrics", "", summary_table(labels, rows).rstrip("\n")]
+    if missing:
+        lines += ["", "Not run (no data):"] + [f"- {note}" for note in missing.values()]
+    return "\n".join(lines) + "\n"
 
 
 def _check_compare(args) -> None:
@@ -350,12 +440,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _check_compare(args)
         check_outputs(args)
         if args.compare:
-            print(compare(args.compare, out_png=args.compare_png))
+            print(compare(args.compare, out_png=args.compare_png, summary_png=args.summary_png))
             return
         if not args.model or not args.benchmark:
             parser.error("--model and --benchmark are required (or --compare FILE ...)")
+        missing = resolve_benchmarks(args)[1]  # before the model is built: bad roots fail fast
         records = evaluate(args)
         print(markdown_table(records))
+        print(summary_text(records, missing, args.summary_png))
+        if args.summary_png is not None:
+            print(f"wrote {args.summary_png}")
         if args.out is not None:
             write_results(args.out, records)
             print(f"\nwrote {args.out}")

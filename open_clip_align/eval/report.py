@@ -7,8 +7,14 @@ one record object (what ``clip_benchmark build`` merges) or a JSON list of recor
 
 Tables show each dataset's *headline* metrics: for SugarCrepe-layout metrics the 7 subsets, the bag-identical
 slice where it exists, the category means and the micro average; for other datasets the top-level numbers and
-small one-level groups (e.g. recall@k per direction). ``n_items``/``n_ties`` are always shown, and blind
-baselines (``metrics["blind"][name]``, same layout as the model's metrics) get a column each.
+small one-level groups (e.g. recall@k per direction), and for ``subsets``/``categories`` groups each member's
+numbers. ``n_items``/``n_ties`` are always shown, and blind baselines (``metrics["blind"][name]``, same layout as
+the model's metrics) get a column each.
+
+A record may name its *headline* metrics, ``"headline": {label: flattened metric key}`` (set by each benchmark,
+e.g. SugarCrepe++ ITT/TOT, WhatsUp's three means); ``headline_metrics`` reads them (records without one fall back
+to their category means and micro average, or their first top-level numbers). ``summary`` is the one-page view of
+several models: a Markdown table and a heatmap of every headline metric.
 """
 import argparse
 import json
@@ -25,6 +31,8 @@ from .sugarcrepe import CATEGORIES, SUBSETS
 RECORD_KEYS = ("dataset", "model", "pretrained", "task", "metrics")
 COUNT_KEYS = ("n_items", "n_ties")
 MAX_GROUP = 12  # a one-level metric group larger than this (e.g. per-relation accuracies) stays out of tables
+MEMBER_GROUPS = ("subsets", "categories")  # {member: {metric: number}} groups shown member by member
+FALLBACK_HEADLINES = 4  # top-level numbers a record without a headline contributes to the summary
 
 Row = Tuple[str, str]  # (label shown in tables, flattened metric key)
 
@@ -43,13 +51,18 @@ def _plain(value):
 
 
 def result_record(dataset: str, model: str, pretrained: Optional[str], task: str, metrics: dict, protocol: dict,
-                  precision: str = "fp32", seed: Optional[int] = None) -> dict:
+                  precision: str = "fp32", seed: Optional[int] = None,
+                  headline: Optional[Dict[str, str]] = None) -> dict:
     """One CLIP_benchmark-layout record; ``protocol`` gains precision and seed (unless it has them) and
-    n_items/n_ties from ``metrics``. Everything is made JSON-safe, so a write/read round trip is lossless."""
+    n_items/n_ties from ``metrics``; ``headline`` ({label: flattened metric key}) is kept as ``record["headline"]``.
+    Everything is made JSON-safe, so a write/read round trip is lossless."""
     full = {"precision": precision, "seed": seed, **protocol}
     full.update({k: metrics[k] for k in COUNT_KEYS if k in metrics})
-    return _plain({"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
-                   "protocol": full})
+    record = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
+              "protocol": full}
+    if headline:
+        record["headline"] = dict(headline)
+    return _plain(record)
 
 
 def write_results(path, records: Union[dict, Sequence[dict]]) -> None:
@@ -132,6 +145,11 @@ def _sugarcrepe_rows(metrics: dict) -> List[Row]:
     return rows + [("micro", "micro")]
 
 
+def _is_flat_group(value) -> bool:
+    return isinstance(value, dict) and 0 < len(value) <= MAX_GROUP and all(
+        _is_number(v) or v is None for v in value.values())
+
+
 def _generic_rows(metrics: dict) -> List[Row]:
     rows = []
     for key, value in metrics.items():
@@ -139,9 +157,13 @@ def _generic_rows(metrics: dict) -> List[Row]:
             continue
         if _is_number(value) or value is None:  # None: not defined here (e.g. top5 with < 5 classes), shown as –
             rows.append((key, key))
-        elif isinstance(value, dict) and 0 < len(value) <= MAX_GROUP and all(
-                _is_number(v) or v is None for v in value.values()):
+        elif _is_flat_group(value):
             rows += [(f"{key}/{k}", f"{key}/{k}") for k in value]
+        elif key in MEMBER_GROUPS and isinstance(value, dict) and 0 < len(value) <= MAX_GROUP:
+            for member, numbers in value.items():  # e.g. a SugarCrepe++ subset: its numbers, not its sub-groups
+                if isinstance(numbers, dict):
+                    rows += [(f"{member} {k}", f"{key}/{member}/{k}") for k, v in numbers.items()
+                             if _is_number(v) or v is None]
     return rows
 
 
@@ -164,7 +186,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _label(rec: dict) -> str:
+def model_label(rec: dict) -> str:
+    """"model / pretrained" of a record (its column in comparisons and summaries)."""
     return f"{rec['model']}" + (f" / {rec['pretrained']}" if rec.get("pretrained") else "")
 
 
@@ -178,43 +201,45 @@ def markdown_table(records: Sequence[dict]) -> str:
         columns = [flatten_metrics(metrics)] + [flatten_metrics(m) for m in blind.values()]
         header = ["metric", "model"] + [f"blind {name}" for name in blind]
         rows = [[label] + [_fmt(flat.get(key)) for flat in columns] for label, key in headline_rows(metrics)]
-        title = f"### {rec['dataset']} — {_label(rec)} ({rec['task']})"
+        title = f"### {rec['dataset']} — {model_label(rec)} ({rec['task']})"
         protocol = rec.get("protocol") or {}
         shown = ", ".join(f"{k}={v}" for k, v in protocol.items() if k not in COUNT_KEYS)
         sections.append("\n".join([title, ""] + ([f"protocol: {shown}", ""] if shown else []) + [_table(header, rows)]))
     return "\n\n".join(sections) + "\n"
 
 
-def _column_labels(paths: Sequence, per_file: Sequence[List[dict]]) -> List[str]:
-    """One label per file: its "model / pretrained" if all its records agree, else the file name; labels that
-    several files share get the path appended."""
-    labels = []
-    for path, recs in zip(paths, per_file):
-        names = {_label(r) for r in recs}
-        labels.append(names.pop() if len(names) == 1 else Path(path).name)
-    return [f"{label} ({path})" if labels.count(label) > 1 else label for label, path in zip(labels, paths)]
+def _columns(paths: Sequence) -> List[Tuple[str, str, List[dict]]]:
+    """``[(label, path, records)]``: one column per (file, "model / pretrained") in file order, so a file may hold
+    several models; labels that several columns share get the path appended."""
+    groups = []
+    for path in paths:
+        by_model: Dict[str, List[dict]] = {}
+        for rec in read_results(path):
+            by_model.setdefault(model_label(rec), []).append(rec)
+        groups += [(label, str(path), recs) for label, recs in by_model.items()]
+    labels = [label for label, _, _ in groups]
+    return [(f"{label} ({path})" if labels.count(label) > 1 else label, path, recs) for label, path, recs in groups]
 
 
 def _is_count(key: str) -> bool:
-    return any(part in ("n", "ties") or part.startswith("n_") for part in key.split("/"))
+    return any(part in ("n", "ties") or part.startswith("n_") or part.endswith("_ties") for part in key.split("/"))
 
 
-def compare(paths: Sequence, out_png=None) -> str:
-    """Side-by-side Markdown table (rows ``dataset/metric``, one column per file) of the headline metrics; with
-    ``out_png``, also a grouped bar chart of the model scores every file has: float values only, so counts
-    (ints, ``n_*``, ``ties``) and bag-identical shares, which describe the data rather than the model, stay
-    table-only."""
-    paths = list(paths)
-    per_file = [read_results(p) for p in paths]
-    labels = _column_labels(paths, per_file)
+def compare(paths: Sequence, out_png=None, summary_png=None) -> str:
+    """Side-by-side Markdown table (rows ``dataset/metric``, one column per file and model) of the table metrics,
+    then the headline ``summary`` table; with ``out_png``, also a grouped bar chart of the model scores every
+    column has: float values only, so counts (ints, ``n_*``, ``ties``) and bag-identical shares, which describe
+    the data rather than the model, stay table-only; with ``summary_png``, the summary heatmap."""
+    columns = _columns(list(paths))
+    labels = [label for label, _, _ in columns]
     rows: Dict[str, str] = {}  # row label "dataset/metric" -> flattened key
     values: List[Dict[str, float]] = []
-    for path, recs in zip(paths, per_file):
+    for _, path, recs in columns:
         col, seen = {}, set()
         for rec in recs:
             if rec["dataset"] in seen:
-                raise EvalDataError(f"result file {path}: two records for dataset {rec['dataset']!r}; a compare "
-                                    f"column holds one result per dataset")
+                raise EvalDataError(f"result file {path}: two records for dataset {rec['dataset']!r} of "
+                                    f"{model_label(rec)}; a compare column holds one result per dataset")
             seen.add(rec["dataset"])
             flat = flatten_metrics(rec["metrics"])
             for label, key in headline_rows(rec["metrics"]):
@@ -228,7 +253,92 @@ def compare(paths: Sequence, out_png=None) -> str:
                   if not _is_count(key) and not key.endswith("_share")
                   and all(isinstance(col.get(row), float) for col in values)]
         _bar_chart(out_png, shared, labels, [[col[row] for row in shared] for col in values])
-    return table + "\n"
+    summary_rows = summary(recs for _, _, recs in columns)
+    if summary_png is not None:
+        summary_heatmap(summary_png, labels, summary_rows)
+    return table + "\n\n" + summary_table(labels, summary_rows)
+
+
+# ---------------------------------------------------------------- headline summary
+
+def _fallback_headline(metrics: dict) -> Dict[str, str]:
+    """For records that name no headline: SugarCrepe-layout category means and micro average, else the first
+    ``FALLBACK_HEADLINES`` top-level numbers that are not counts."""
+    if _is_sugarcrepe_layout(metrics):
+        return {**{name.upper(): f"categories/{name}" for name in CATEGORIES
+                   if name in metrics.get("categories", {})}, "micro": "micro"}
+    keys = [k for k, v in metrics.items() if _is_number(v) and not _is_count(k) and k not in COUNT_KEYS]
+    return {k: k for k in keys[:FALLBACK_HEADLINES]}
+
+
+def headline_metrics(record: dict) -> Dict[str, Optional[float]]:
+    """``{label: value}`` of a record's headline metrics (``record["headline"]``, else ``_fallback_headline``); a
+    metric the record lacks (e.g. WhatsUp's mean of A and B when only A ran) is None."""
+    flat = flatten_metrics(record["metrics"])
+    spec = record.get("headline")
+    if not isinstance(spec, dict):
+        spec = _fallback_headline(record["metrics"])
+    return {str(label): flat.get(key) if isinstance(key, str) else None for label, key in spec.items()}
+
+
+def summary(columns) -> List[Tuple[str, List[Optional[float]]]]:
+    """``[(metric label, [value per column])]`` over every headline metric of every column's records (a column is
+    one model's records), in first-seen order; a label that two datasets share is prefixed with its dataset."""
+    columns = [list(c) for c in columns]
+    seen: Dict[Tuple[str, str], None] = {}
+    for recs in columns:
+        for rec in recs:
+            for label in headline_metrics(rec):
+                seen.setdefault((rec["dataset"], label), None)
+    datasets_of: Dict[str, set] = {}
+    for dataset, label in seen:
+        datasets_of.setdefault(label, set()).add(dataset)
+    rows = []
+    for dataset, label in seen:
+        name = label if len(datasets_of[label]) == 1 else f"{dataset} {label}"
+        values = []
+        for recs in columns:
+            rec = next((r for r in recs if r["dataset"] == dataset), None)
+            values.append(headline_metrics(rec).get(label) if rec is not None else None)
+        rows.append((name, values))
+    return rows
+
+
+def summary_table(labels: Sequence[str], rows: Sequence[Tuple[str, Sequence[Optional[float]]]]) -> str:
+    """The summary as Markdown: one row per headline metric, one column per model."""
+    if not rows:
+        return "(no headline metrics)\n"
+    return _table(["headline metric"] + list(labels), [[name] + [_fmt(v) for v in vals] for name, vals in rows]) + "\n"
+
+
+def summary_heatmap(path, labels: Sequence[str], rows: Sequence[Tuple[str, Sequence[Optional[float]]]]) -> None:
+    """A heatmap (rows = headline metrics, columns = models, 0-100 colour scale, values written in the cells, –
+    where a model has no value), written atomically as PNG."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.array([[np.nan if v is None else float(v) for v in vals] for _, vals in rows], dtype=float)
+    grid = grid.reshape(len(rows), len(labels))
+    fig = Figure(figsize=(4.0 + 1.2 * max(1, len(labels)), 1.6 + 0.4 * max(1, len(rows))))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            value = grid[i, j]
+            ax.text(j, i, "–" if np.isnan(value) else f"{value:.1f}", ha="center", va="center", fontsize="small",
+                    color="black" if np.isnan(value) or value > 60 else "white")
+    ax.set_xticks(range(len(labels)), list(labels), rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+    if not rows:
+        ax.text(0.5, 0.5, "no headline metrics", ha="center", va="center", transform=ax.transAxes)
+    fig.colorbar(image, ax=ax, label="%")
+    ax.set_title("headline metrics")
+    fig.tight_layout()
+    _save_png(fig, path)
 
 
 def _bar_chart(path, rows: Sequence[str], labels: Sequence[str], series: Sequence[Sequence[float]]) -> None:
@@ -250,6 +360,11 @@ def _bar_chart(path, rows: Sequence[str], labels: Sequence[str], series: Sequenc
         ax.text(0.5, 0.5, "no metric shared by every file", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("score")
     fig.tight_layout()
+    _save_png(fig, path)
+
+
+def _save_png(fig, path) -> None:
+    """Write ``fig`` as PNG through a temporary file and a rename (folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -268,11 +383,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("files", nargs="+")
     parser.add_argument("--png", default=None, help="also write a bar chart of the shared headline metrics")
+    parser.add_argument("--summary-png", default=None, help="also write a heatmap of models x headline metrics")
     args = parser.parse_args(argv)
-    if len(args.files) == 1 and args.png is None:
+    if len(args.files) == 1 and args.png is None and args.summary_png is None:
         print(markdown_table(read_results(args.files)), end="")
     else:
-        print(compare(args.files, args.png), end="")
+        print(compare(args.files, args.png, args.summary_png), end="")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,16 @@ def _similarity(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[
     return exact_cosines(img, txt), caption_image, None
 
 
+def global_metrics(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
+                   ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """``metrics`` over one global matrix: every caption of the set against every image of the set, for
+    annotation files that list each image with its captions (NegBench's retrieval CSVs). ``images[i]`` owns
+    ``captions[i]``; an image listed twice stays two images (as the official loaders treat a repeated row), so a
+    caption of either ties with the other and ranks behind it under the strict tie rule."""
+    similarity, caption_image, text_to_image = _similarity(scorer, images, captions)
+    return metrics(similarity, caption_image, ks, text_to_image)
+
+
 def evaluate_retrieval(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
                        ks: Sequence[int] = (1, 5, 10)) -> Dict[str, dict]:
     """Recall@k (%) for ``images`` and their captions ``captions[i]`` (one or more each), every caption kept."""

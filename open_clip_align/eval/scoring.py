@@ -8,7 +8,8 @@ Exact ties stay ties. A float32 ``[n, D] @ [D, m]`` product can give two identic
 whose two captions are the same string could be decided by noise. Here (1) features are computed once per
 unique token sequence, so equal captions share one feature tensor, and (2) every cosine is computed *exactly*
 on fixed-point copies of the features (``fixed_point``, ``exact_cosines``): the score of a pair is then a
-function of that pair's two vectors alone, whatever the batch, shapes or column order.
+function of that pair's two vectors alone, whatever the batch, shapes or column order. Text-text cosines
+(``score_text_pairs``, SugarCrepe++'s text-only task) use the same arithmetic.
 """
 import math
 from typing import Callable, Dict, List, Optional, Sequence
@@ -63,6 +64,18 @@ def exact_cosines(image_features: torch.Tensor, text_features: torch.Tensor,
     rows = max(1, max_block_elements // max(1, texts.shape[0]))
     for start in range(0, images.shape[0], rows):
         out[start:start + rows] = (images[start:start + rows] @ texts.T).float()
+    return out
+
+
+def exact_pair_dots(left: torch.Tensor, right: torch.Tensor, left_index: torch.Tensor,
+                    right_index: torch.Tensor) -> torch.Tensor:
+    """``[n]`` float32: dot product of ``left[left_index[k]]`` and ``right[right_index[k]]`` for every k, where
+    ``left [A, D]`` / ``right [B, D]`` are ``fixed_point`` copies: each entry is exact (a function of its two rows
+    alone), computed elementwise in chunks of ``PAIR_CHUNK`` pairs."""
+    out = torch.empty(len(left_index), dtype=torch.float32)
+    for start in range(0, len(out), PAIR_CHUNK):
+        rows = slice(start, start + PAIR_CHUNK)
+        out[rows] = (left[left_index[rows]] * right[right_index[rows]]).sum(dim=-1).float()
     return out
 
 
@@ -189,9 +202,21 @@ class DualEncoderScorer:
         text_fp = fixed_point(torch.stack(list(texts.values())))
         pair_image = torch.tensor([image_row[r] for it in items for r in it.images for _ in it.captions])
         pair_text = torch.tensor([text_row[c] for it in items for _ in it.images for c in it.captions])
-        scores = torch.empty(len(pair_image), dtype=torch.float32)
-        for start in range(0, len(scores), PAIR_CHUNK):
-            rows = slice(start, start + PAIR_CHUNK)
-            scores[rows] = (image_fp[pair_image[rows]] * text_fp[pair_text[rows]]).sum(dim=-1).float()
+        scores = exact_pair_dots(image_fp, text_fp, pair_image, pair_text)
         sizes = [len(it.images) * len(it.captions) for it in items]
         return [block.view(len(it.images), len(it.captions)) for block, it in zip(scores.split(sizes), items)]
+
+    def score_text_pairs(self, items: Sequence[Item]) -> List[torch.Tensor]:
+        """One ``[n_captions, n_captions]`` float32 text-text cosine matrix per item (SugarCrepe++'s text-only
+        task), with ``score_items``' exact arithmetic: entry (j, k) depends only on captions j and k, so equal
+        captions give equal rows and a caption's cosine with itself is the same number in every item."""
+        if not items:
+            return []
+        texts = self.text_features([c for it in items for c in it.captions])
+        text_row = {c: i for i, c in enumerate(texts)}
+        text_fp = fixed_point(torch.stack(list(texts.values())))
+        left = torch.tensor([text_row[a] for it in items for a in it.captions for _ in it.captions])
+        right = torch.tensor([text_row[b] for it in items for _ in it.captions for b in it.captions])
+        scores = exact_pair_dots(text_fp, text_fp, left, right)
+        sizes = [len(it.captions) ** 2 for it in items]
+        return [block.view(len(it.captions), len(it.captions)) for block, it in zip(scores.split(sizes), items)]
