@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..errors import run_cli
 from .aro import DATASETS as ARO_DATASETS
 from .benchmarks import BENCHMARKS, FETCH, LAYOUTS
 from .items import EvalDataError, fetch_command
@@ -431,31 +432,30 @@ def _check_compare(args) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from .report import compare, markdown_table, write_results
-
     parser = _parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        _check_compare(args)
-        check_outputs(args)
-        if args.compare:
-            print(compare(args.compare, out_png=args.compare_png, summary_png=args.summary_png))
-            return
-        if not args.model or not args.benchmark:
-            parser.error("--model and --benchmark are required (or --compare FILE ...)")
-        missing = resolve_benchmarks(args)[1]  # before the model is built: bad roots fail fast
-        records = evaluate(args)
-        print(markdown_table(records))
-        print(summary_text(records, missing, args.summary_png))
-        if args.summary_png is not None:
-            print(f"wrote {args.summary_png}")
-        if args.out is not None:
-            write_results(args.out, records)
-            print(f"\nwrote {args.out}")
-    except (EvalDataError, OSError, RuntimeError, ImportError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    status = run_cli(lambda: _run(parser, args), parser.prog, also=(OSError,))
+    if status:
+        sys.exit(status)
+
+
+def _run(parser: argparse.ArgumentParser, args) -> None:
+    from .report import compare, markdown_table, write_results
+
+    _check_compare(args)
+    check_outputs(args)
+    if args.compare:
+        print(compare(args.compare, out_png=args.compare_png, summary_png=args.summary_png))
+        return
+    if not args.model or not args.benchmark:
+        parser.error("--model and --benchmark are required (or --compare FILE ...)")
+    missing = resolve_benchmarks(args)[1]  # before the model is built: bad roots fail fast
+    records = evaluate(args)
+    print(markdown_table(records))
+    print(summary_text(records, missing, args.summary_png))
+    if args.summary_png is not None:
+        print(f"wrote {args.summary_png}")
+    if args.out is not None:
+        write_results(args.out, records)
+        print(f"\nwrote {args.out}")
