@@ -11,6 +11,7 @@ done. These helpers return that line (or None) so each CLI raises it as its own 
 * ``console_logging``: this package's INFO lines (e.g. the QuickGELU switch of ``models.activation``) and
   everyone's warnings on stderr, without other libraries' INFO chatter.
 """
+import argparse
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Mapping, Optional, Union
 
-__all__ = ["console_logging", "device_problem", "flag", "non_finite_flags", "output_problem", "range_problem",
+__all__ = ["console_logging", "device_problem", "flag", "integer_at_least", "non_finite_flags", "output_problem", "range_problem",
            "range_problems"]
 
 _OWN_DIRS = tuple(str(p) + os.sep for p in (Path(__file__).resolve().parent,
@@ -29,6 +30,20 @@ _OWN_DIRS = tuple(str(p) + os.sep for p in (Path(__file__).resolve().parent,
 def flag(dest: str) -> str:
     """``batch_size`` -> ``--batch-size``."""
     return "--" + dest.replace("_", "-")
+
+
+def integer_at_least(minimum: int):
+    """argparse ``type``: an integer >= ``minimum`` (argparse reports "argument --flag: expected an integer >= M,
+    got V" in one line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _floats(value) -> List[float]:

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..cli_checks import integer_at_least
 from ..errors import run_cli
 from .aro import DATASETS as ARO_DATASETS
 from .benchmarks import BENCHMARKS, FETCH, LAYOUTS
@@ -47,19 +48,6 @@ BENCHMARK_FLAGS = {"aro_datasets": ("aro",), "spacy_model": ("aro",), "valse_unf
 ALL = "all"
 
 
-def _count(minimum: int):
-    """argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                    help="model precision (fp32 default; published numbers move with fp16, so it is recorded)")
-    p.add_argument("--batch-size", type=_count(1), default=64, help="images per forward pass")
-    p.add_argument("--workers", type=_count(0), default=0, help="image-loading processes")
+    p.add_argument("--batch-size", type=integer_at_least(1), default=64, help="images per forward pass")
+    p.add_argument("--workers", type=integer_at_least(0), default=0, help="image-loading processes")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="persist image features here across runs (keyed by model, weights, file)")
     p.add_argument("--out", type=Path, default=None,
@@ -88,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--valse-unfiltered", action="store_true",
                    help="keep VALSE items with fewer than 2 mturk votes for the caption (default: filtered)")
     p.add_argument("--retrieval-dataset", default="coco", choices=("coco", "flickr"))
-    p.add_argument("--retrieval-max-captions", type=_count(1), default=None,
+    p.add_argument("--retrieval-max-captions", type=integer_at_least(1), default=None,
                    help="keep only the first N captions per image (default: all, CLIP_benchmark's protocol)")
     p.add_argument("--zeroshot-split", default="test", help="zeroshot: the split folder to read (default: test)")
     p.add_argument("--eqben-annotation", default=None, metavar="FILE",

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..cli_checks import non_finite_flags, output_problem
+from ..cli_checks import integer_at_least, non_finite_flags, output_problem
 from ..errors import run_cli
 from ..user_modules import import_user_modules
 from .base import DEGLA_TYPES, NEG_TYPES, BackendError, Request, create_backend, list_backends
@@ -43,18 +43,6 @@ Checker = Callable[[Sequence[Tuple[str, object, str]]], List[Tuple[Optional[str]
 
 
 # ----------------------------------------------------------------------------- parsers
-
-def _positive_int(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
 
 def _positive_float(text: str) -> float:
     try:
@@ -89,16 +77,16 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="JSONL output, appended to and resumed from; the summary goes to OUT.summary.json")
     g.add_argument("--keep-rejected", default=None, metavar="FILE",
                    help="append every rejected candidate with its reason to this JSONL file")
-    g.add_argument("--limit", type=_positive_int(1), default=None, metavar="N",
+    g.add_argument("--limit", type=integer_at_least(1), default=None, metavar="N",
                    help="use only the first N input captions")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     g = p.add_argument_group("negatives")
     g.add_argument("--types", nargs="+", default=list(DEGLA_TYPES), choices=NEG_TYPES, metavar="TYPE",
                    help=f"negative types, in output order (default: DeGLA's five). Choices: {', '.join(NEG_TYPES)}")
-    g.add_argument("--per-type", type=_positive_int(1), default=1, metavar="N",
+    g.add_argument("--per-type", type=integer_at_least(1), default=1, metavar="N",
                    help="valid negatives wanted per caption and type (default 1)")
-    g.add_argument("--max-attempts", type=_positive_int(1), default=3, metavar="N",
+    g.add_argument("--max-attempts", type=integer_at_least(1), default=3, metavar="N",
                    help="ask the backend up to N times for types still short after validation; a request "
                         "answered with no candidate at all is not asked again (default 3)")
     g.add_argument("--no-dedupe", dest="dedupe", action="store_false",
@@ -108,7 +96,7 @@ def generate_parser() -> argparse.ArgumentParser:
                         "the lemma (default on; without spaCy the check is skipped with a warning)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed; each request's seed derives from it, the caption id, the type and the attempt")
-    g.add_argument("--batch-size", type=_positive_int(1), default=8, metavar="N",
+    g.add_argument("--batch-size", type=integer_at_least(1), default=8, metavar="N",
                    help="captions per chunk handed to the backend at once, raised for a backend with requests in "
                         "flight (openai: --concurrency) so that a chunk fills them 4 times over; also the hf "
                         "backend's generation batch (default 8)")
@@ -124,20 +112,20 @@ def generate_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="openai: model name (default: the first one the endpoint lists)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="openai: environment variable holding the API key (the key is never logged or written)")
-    g.add_argument("--concurrency", "--workers", dest="concurrency", type=_positive_int(1), default=8, metavar="N",
+    g.add_argument("--concurrency", "--workers", dest="concurrency", type=integer_at_least(1), default=8, metavar="N",
                    help="openai: requests in flight at once (default 8)")
     g.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S",
                    help="openai: seconds per HTTP attempt (default 60)")
-    g.add_argument("--max-retries", type=_positive_int(0), default=5, metavar="N",
+    g.add_argument("--max-retries", type=integer_at_least(0), default=5, metavar="N",
                    help="openai: retries with backoff after a 429/5xx/timeout/malformed reply (default 5)")
     g.add_argument("--hf-model", default=None, metavar="DIR", help="hf: local Hugging Face model directory")
-    g.add_argument("--max-new-tokens", type=_positive_int(1), default=60, metavar="N",
+    g.add_argument("--max-new-tokens", type=integer_at_least(1), default=60, metavar="N",
                    help="openai/hf: new tokens per requested negative (default 60)")
     g.add_argument("--temperature", type=float, default=0.0,
                    help="openai/hf: sampling temperature; 0 is greedy (default)")
     g.add_argument("--examples", default=None, metavar="FILE",
                    help="openai/hf: in-context example pool (JSONL) replacing the shipped one")
-    g.add_argument("--n-examples", type=_positive_int(0), default=4, metavar="N",
+    g.add_argument("--n-examples", type=integer_at_least(0), default=4, metavar="N",
                    help="openai/hf: in-context examples per prompt (default 4)")
     return p
 
@@ -158,7 +146,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-template", default="{}", metavar="FMT",
                    help="csv/wds: format string turning the image field into a path, e.g. "
                         "'train2014/COCO_train2014_{:012d}.jpg' for integer COCO ids (default '{}')")
-    p.add_argument("--shard-size", type=_positive_int(1), default=1000, metavar="N",
+    p.add_argument("--shard-size", type=integer_at_least(1), default=1000, metavar="N",
                    help="wds: samples per shard (default 1000)")
     return p
 
