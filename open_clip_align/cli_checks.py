@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import List, Mapping, Optional, Union
 
-__all__ = ["console_logging", "device_problem", "flag", "integer_at_least", "non_finite_flags", "output_problem", "range_problem",
-           "range_problems"]
+__all__ = ["console_logging", "device_problem", "flag", "integer_at_least", "non_finite_flags", "output_problem",
+           "range_problem", "range_problems"]
 
 _OWN_DIRS = tuple(str(p) + os.sep for p in (Path(__file__).resolve().parent,
                                               Path(__file__).resolve().parents[1] / "training"))
