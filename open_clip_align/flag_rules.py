@@ -4,8 +4,8 @@ one line.
 open_clip_train accepts ~90 flags. Some mean nothing to a method of this package (``--siglip`` picks open_clip's
 sigmoid loss, which ``--loss negclip`` does not use), some break plugin models (``--torchscript``), some would
 silently do something else (``--lock-image-unlocked-groups`` would unfreeze part of ComAlign's frozen base).
-Each method lists its own refusals (``Method.refused_flags``); ``GENERIC_RULES`` hold those of plugin models and
-plugin data, whatever the method. ``refusal`` returns the first rule a run breaks; ``markdown_table`` renders the
+Each method lists its own refusals (``Method.refused_flags``); ``GENERIC_RULES`` hold those of plugin and adapted
+models (hard-negative encoding, LoRA) and plugin data, whatever the method. ``refusal`` returns the first rule a run breaks; ``markdown_table`` renders the
 README's flag × method table from the same rules (a test keeps them equal).
 """
 import argparse
@@ -28,6 +28,12 @@ def _plugin_model(args) -> bool:
     return plugin_block(args.model) is not None
 
 
+def _adapted_model(args) -> bool:
+    """A plugin alias, or a model the run adapts: hard-negative encoding (any family) or LoRA parametrizations."""
+    hardneg = getattr(args, "hardneg_format", "none") != "none"  # every hard-negative method needs one
+    return _plugin_model(args) or hardneg or bool(getattr(args, "lora_r", 0))
+
+
 def _map_style_data(args) -> bool:
     return getattr(args, "hardneg_format", "none") in MAP_STYLE_FORMATS
 
@@ -36,10 +42,10 @@ GENERIC_RULES: Sequence[FlagRule] = (
     FlagRule(("--force-custom-text", "--pretrained-image"), "plugin models load full weights with --pretrained only",
              _plugin_model, "plugin models"),
     FlagRule(("--torchscript", "--trace"),
-             "plugin models return dicts with optional teacher and component outputs, which TorchScript and "
-             "tracing cannot express", _plugin_model, "plugin models"),
-    FlagRule(("--use-bnb-linear",), "bitsandbytes layers are untested with plugin models (and their EMA teacher)",
-             _plugin_model, "plugin models"),
+             "adapted models return dicts with optional negative, teacher and component outputs and may hold LoRA "
+             "parametrizations, which TorchScript and tracing cannot express", _adapted_model, "adapted models"),
+    FlagRule(("--use-bnb-linear",), "bitsandbytes layers are untested with adapted models (hard negatives, their EMA "
+                                    "teacher, LoRA)", _adapted_model, "adapted models"),
     FlagRule(("--dataset-resampled", "--train-data-upsampling-factors", "--train-num-samples"),
              "map-style hard-negative data (csv, degla-json, jsonl, ceclip-npy) reads every row once per epoch; "
              "these apply to --hardneg-format wds", _map_style_data, "map-style hard-negative data"),

@@ -7,6 +7,7 @@ Upstream's parser uses ``allow_abbrev=True``, so ``--loss degla`` would silently
 """
 import argparse
 
+from .eval.during_training import add_val_arguments
 from .methods import add_method_arguments
 
 HARDNEG_FORMATS = ("none", "csv", "degla-json", "jsonl", "wds", "ceclip-npy")
@@ -78,6 +79,7 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "e.g. 'train2014/COCO_train2014_{:012d}.jpg' for DeGLA's integer COCO ids.")
 
     add_method_arguments(parser)
+    add_val_arguments(parser)  # --val-benchmark, --save-best (eval/during_training.py)
     return parser
 
 

@@ -4,8 +4,9 @@
 (our pre-parser: ``--import``, ``--loss``, the shared data flags, each method's flags, and the run-level checks),
 ``create_model_and_transforms`` (the model set up for the method's ``ModelNeeds``), ``get_data`` (the method's or
 the hard-negative formats' training data), ``create_loss`` (the method's loss), ``train_one_epoch`` (per-epoch loss
-state), ``pt_load`` (unreadable ``--resume`` files in one line) and DDP (CPU modules). Everything about a method
-comes from the registry (``methods``): this module names none.
+state), ``pt_load`` (unreadable ``--resume`` files in one line), DDP (CPU modules) and, through ``checkpoints``,
+``torch.save`` (atomic checkpoints) and ``get_latest_checkpoint`` (``--resume latest`` skips files that do not
+load). Everything about a method comes from the registry (``methods``): this module names none.
 """
 import argparse
 import contextlib
@@ -19,10 +20,12 @@ import open_clip
 import open_clip.factory as oc_factory
 import torch
 
-from . import flag_rules
+from . import checkpoints, flag_rules, lora
 from .errors import UsageError
+from .eval import during_training  # --val-benchmark: flag checks, data marker, evaluate wrapper
 from .methods import get_method, list_methods, method_flag_owner
-from .models import HardNegCLIP, ema, get_arch, plugin_block
+from .model_setup import add_model_setup_arguments, check_run, prepare_model, pretrained_mismatch
+from .models import HardNegMixin, ema, get_arch, plugin_block
 from .models.activation import needs_quickgelu, quickgelu_advice
 from .models.factory import pretrained_problem, unreadable_checkpoint
 from .params import add_plugin_args, build_preparser
@@ -37,6 +40,7 @@ def _print_plugin_help() -> None:
         description="open_clip_train's training loop with open_clip_align's flags (listed first); "
                     "all of open_clip_train's own flags follow.")
     add_plugin_args(parser)
+    add_model_setup_arguments(parser)
     parser.print_help()
     print()
 
@@ -63,9 +67,18 @@ def _builds_clip_class(args) -> bool:
                               or text.get("hf_model_name"))
 
 
+def _preparser() -> argparse.ArgumentParser:
+    """Our flags: the plugin's (``params``) and the model set-up's (``model_setup``: LoRA, the sigmoid form)."""
+    pre = build_preparser()
+    add_model_setup_arguments(pre)
+    pre.prog = "training.main"
+    return pre
+
+
 def _check_run(pre: argparse.ArgumentParser, ours: argparse.Namespace, args: argparse.Namespace) -> None:
     """Refuse, in one line each, what a run cannot honour: non-finite numbers, non-positive counts, a method's
-    flags given to another method, the method's own rules, open_clip_train flags it ignores (``flag_rules``), a
+    flags given to another method, the model set-up's flags (``model_setup.check_run``: LoRA, the sigmoid form, a
+    family the method cannot serve), the method's own rules, open_clip_train flags it ignores (``flag_rules``), a
     GELU model with QuickGELU weights, a pretrained value that is neither a file nor a tag, a run folder in use."""
     method = get_method(args.loss)
     bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if isinstance(v, float) and not math.isfinite(v)]
@@ -75,6 +88,9 @@ def _check_run(pre: argparse.ArgumentParser, ours: argparse.Namespace, args: arg
         if getattr(args, name) < 1:
             pre.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     defaults = pre.parse_args([])
+    problem = check_run(args, method, method.needs(args), defaults)
+    if problem:
+        pre.error(problem)
     for key, value in vars(ours).items():
         owner = method_flag_owner(key)
         if owner is not None and owner is not method and value != getattr(defaults, key):
@@ -94,6 +110,7 @@ def _check_run(pre: argparse.ArgumentParser, ours: argparse.Namespace, args: arg
             pre.error(problem)
     try:
         method.check(args)
+        during_training.check_val_args(args)
     except UsageError as err:
         pre.error(str(err))
     if args.lock_text and not args.lock_text_freeze_layer_norm and _builds_clip_class(args):
@@ -115,8 +132,7 @@ def _parse_args(original_parse_args, state, argv):
     argv = list(argv)
     if argv[:1] == ["--"]:  # torchrun needs `-m training.main -- --logs X` (its own --logs-specs clashes)
         argv = argv[1:]
-    pre = build_preparser()
-    pre.prog = "training.main"
+    pre = _preparser()
     try:
         argv = import_user_modules(argv)
     except UsageError as err:
@@ -124,8 +140,7 @@ def _parse_args(original_parse_args, state, argv):
     if "-h" in argv or "--help" in argv:
         _print_plugin_help()
         return original_parse_args(argv)
-    pre = build_preparser()  # again: imported modules may have registered methods with flags
-    pre.prog = "training.main"
+    pre = _preparser()  # again: imported modules may have registered methods with flags
     ours, rest = pre.parse_known_args(argv)
     if ours.loss not in list_methods():
         pre.error(f"argument --loss: unknown loss {ours.loss!r}; registered losses: {', '.join(list_methods())}")
@@ -148,7 +163,8 @@ def _plugin_models(predicate) -> str:
 
 
 def _prepare_model(model, args, state) -> None:
-    """Give the method what its ``ModelNeeds`` ask for, or say in one line which models can."""
+    """Give the method what its ``ModelNeeds`` ask for (``model_setup.prepare_model``: hard negatives and an EMA
+    teacher on any CLIP/CustomTextCLIP/CoCa, the loss form, LoRA), or say in one line which models can."""
     method = get_method(args.loss)
     needs = method.needs(args)
     if needs.components and not callable(getattr(model, "encode_components", None)):
@@ -156,23 +172,11 @@ def _prepare_model(model, args, state) -> None:
                                                           None)))
         raise UsageError(f"--model {args.model} is not a ComAlign model, but --loss {method.name} trains a ComAlign "
                          f"head; use one of {names}")
-    feeds_negatives = needs.hardneg or args.hardneg_format != "none"
-    if feeds_negatives and not isinstance(model, HardNegCLIP):
-        raise UsageError(
-            f"--model {args.model} is a plain open_clip model, but --loss {method.name} / --hardneg-format "
-            f"{args.hardneg_format} feed it [B, 1+K, L] text; use a hard-negative model such as "
-            f"{_plugin_models(lambda b: b.get('arch') == 'hardneg')} (same weights, pretrained tags resolve "
-            f"through the base model)")
-    if isinstance(model, HardNegCLIP):
-        if needs.teacher and model.teacher is None:
-            raise UsageError(
-                f"--loss {method.name} needs an EMA teacher, but --model {args.model} has none; use a model with one "
-                f"({_plugin_models(lambda b: b.get('ema_teacher'))}), or turn off the method's teacher terms")
-        model.configure_training(emit_hardneg=needs.hardneg, teacher=needs.teacher, ema_decay=needs.ema_decay)
-        if needs.teacher:
-            ema.track(model)
-            if "ema_hook" not in state:
-                state["ema_hook"] = ema.install_step_hook(log_every=args.log_every_n_steps)
+    prepare_model(model, args, method, needs)
+    if needs.teacher:
+        ema.track(model)
+        if "ema_hook" not in state:
+            state["ema_hook"] = ema.install_step_hook(log_every=args.log_every_n_steps)
     method.setup_model(model, args)
 
 
@@ -187,10 +191,15 @@ def _raise_if_unreadable(path, flag: str) -> None:
 
 def _create_model_and_transforms(original, state, model_name, *args, **kwargs):
     """The model, set up for the run's method (only the trained model: not ``--distill-model``'s teacher)."""
+    pretrained = args[0] if args else kwargs.get("pretrained")
     try:
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
-    except Exception:
-        _raise_if_unreadable(args[0] if args else kwargs.get("pretrained"), "--pretrained")
+    except Exception as err:
+        _raise_if_unreadable(pretrained, "--pretrained")
+        if isinstance(err, RuntimeError) and ("state_dict" in str(err) or "does not match" in str(err)):
+            problem = pretrained_mismatch(model_name, pretrained)
+            if problem:
+                raise UsageError(problem) from None
         raise
     run_args = state["args"]
     if model_name == run_args.model:
@@ -236,10 +245,24 @@ def _create_loss(args):
 
 
 def _train_one_epoch(original, model, data, loss, *args, **kwargs):
-    """Losses with per-epoch state reset it first (CE-CLIP's previous-batch margins restart at 0, as released)."""
+    """Losses with per-epoch state reset it first (CE-CLIP's previous-batch margins restart at 0, as released);
+    the first epoch logs the trainable parameters (after open_clip_train's --lock-* flags), every epoch the hard
+    negatives its batches masked."""
     if hasattr(loss, "start_epoch"):
         loss.start_epoch()
-    return original(model, data, loss, *args, **kwargs)
+    inner = getattr(model, "module", model)
+    if not getattr(inner, "_oca_counted", False):
+        trainable, total = lora.parameter_counts(inner)
+        logging.info(f"Trainable parameters: {trainable:,} of {total:,} ({100.0 * trainable / max(total, 1):.2f}%)"
+                     + (" (EMA teacher excluded)" if getattr(inner, "teacher", None) is not None else ""))
+        inner._oca_counted = True
+    result = original(model, data, loss, *args, **kwargs)
+    if isinstance(inner, HardNegMixin):
+        padded, same = inner.pop_negative_counts()
+        if padded or same:
+            logging.info(f"Hard negatives masked this epoch: {padded} padded, {same} identical to their positive "
+                         f"(after tokenization)")
+    return result
 
 
 class CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
@@ -261,11 +284,14 @@ def training_hooks():
         (train_main, "parse_args", functools.partial(_parse_args, train_main.parse_args, state)),
         (train_main, "create_model_and_transforms",
          functools.partial(_create_model_and_transforms, train_main.create_model_and_transforms, state)),
-        (train_main, "get_data", functools.partial(_get_data, train_main.get_data)),
+        (train_main, "get_data",
+         during_training.marking_get_data(functools.partial(_get_data, train_main.get_data))),
+        (train_main, "evaluate", during_training.wrap_evaluate(train_main.evaluate)),
         (train_main, "pt_load", functools.partial(_pt_load, train_main.pt_load)),
         (train_main, "train_one_epoch", functools.partial(_train_one_epoch, train_main.train_one_epoch)),
         (train_main, "create_loss", _create_loss),
         (torch.nn.parallel, "DistributedDataParallel", CpuSafeDDP),
+        *checkpoints.patches(train_main),  # atomic epoch_N.pt saves; --resume latest skips files that do not load
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:

@@ -34,6 +34,7 @@ from open_clip_align.data.synthetic import generate  # noqa: E402
 from open_clip_align.vlm import evaluate  # noqa: E402
 from open_clip_align.vlm.build import build_model  # noqa: E402
 from open_clip_align.vlm.lm import SMOLLM2, find_smollm2_gguf, load_lm  # noqa: E402
+from open_clip_align.vlm.train.model_setup import model_config  # noqa: E402
 from training import alignvlm  # noqa: E402
 
 
@@ -108,7 +109,7 @@ def main(argv=None):
     # the run's initial state: training seeds torch with --seed right before building the model
     t = time.perf_counter()
     torch.manual_seed(args.seed)
-    config = alignvlm._model_config(alignvlm.parse_args(flags))
+    config = model_config(alignvlm.parse_args(flags))
     model, tokenizer, preprocess = build_model(config)
     model.eval()
     paths, names, refs = evaluate.read_karpathy(str(eval_json), None, None)

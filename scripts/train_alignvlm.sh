@@ -7,12 +7,15 @@
 #
 #   DATA=/data/captions.tsv IMAGE_ROOT=/data/images LM=smollm2 bash scripts/train_alignvlm.sh
 #   STAGE=B LORA=1 DATA=/data/captions.tsv LM=smollm2 bash scripts/train_alignvlm.sh
+#   VLM_PATH=/models/SmolVLM2-500M-Video-Instruct DATA=data/pixmo bash scripts/train_alignvlm.sh   (ALIGN in SmolVLM;
+#   MODEL, PRETRAINED and LM do not apply; see also scripts/recipe_smolvlm_align.sh for the seed's whole recipe)
 #
 #   GPUS=1 BATCH=32 EPOCHS=1 STEPS= LR= (1e-3 stage A, 1e-5 stage B) W2_LR_MULT=1 WD=0 PRECISION=amp_bf16
 #   MODEL=ViT-B-16-quickgelu PRETRAINED=openai (OpenAI weights need QuickGELU; a GELU name such as ViT-B-16 is
 #   switched to QuickGELU with a log line) LM=smollm2 (HF dir, .gguf file, smollm2, tiny-llama) CONNECTOR=align|mlp
 #   PROMPT="A short caption:" DATA_TYPE=auto|csv|wds CSV_IMG_KEY=filepath CSV_CAPTION_KEY=title
 #   CSV_SEPARATOR=<TAB> NUM_SAMPLES= (wds) LORA_R=64 LORA_ALPHA=64 WORKERS=4 LOGS=./logs NAME= SEED=0
+#   ACCUM=1 (--accum-freq) GRAD_CKPT=0 (1: --grad-checkpointing) REPORT_TO= (tensorboard and/or wandb)
 #   PYTHON (default: ./.venv/bin/python made by scripts/setup_env.sh, else python)
 #
 # Arguments given to the script are appended to training.alignvlm's flags (e.g. --device cpu, --resume latest).
@@ -22,7 +25,7 @@ set -euo pipefail
 : "${PRECISION:=amp_bf16}" "${MODEL:=ViT-B-16-quickgelu}" "${PRETRAINED=openai}" "${LM:=smollm2}" "${CONNECTOR:=align}"
 : "${PROMPT:=A short caption:}" "${DATA_TYPE:=auto}" "${CSV_IMG_KEY:=filepath}" "${CSV_CAPTION_KEY:=title}"
 : "${CSV_SEPARATOR:=$'\t'}" "${NUM_SAMPLES:=}" "${LORA:=0}" "${LORA_R:=64}" "${LORA_ALPHA:=64}"
-: "${WORKERS:=4}" "${LOGS:=./logs}" "${SEED:=0}"
+: "${WORKERS:=4}" "${LOGS:=./logs}" "${SEED:=0}" "${ACCUM:=1}" "${GRAD_CKPT:=0}" "${REPORT_TO:=}"
 if [[ "$STAGE" == A ]]; then : "${LR:=1e-3}"; else : "${LR:=1e-5}"; fi
 : "${NAME:=alignvlm-$CONNECTOR-stage$STAGE}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,10 +50,17 @@ else
 fi
 cmd+=(--train-data "$DATA" --dataset-type "$DATA_TYPE" --csv-img-key "$CSV_IMG_KEY"
     --csv-caption-key "$CSV_CAPTION_KEY" --csv-separator "$CSV_SEPARATOR"
-    --model "$MODEL" --lm "$LM" --connector "$CONNECTOR" --prompt "$PROMPT" --stage "$STAGE"
-    --batch-size "$BATCH" --epochs "$EPOCHS" --lr "$LR" --w2-lr-mult "$W2_LR_MULT" --wd "$WD"
+    --connector "$CONNECTOR" --prompt "$PROMPT" --stage "$STAGE"
+    --batch-size "$BATCH" --accum-freq "$ACCUM" --epochs "$EPOCHS" --lr "$LR" --w2-lr-mult "$W2_LR_MULT" --wd "$WD"
     --precision "$PRECISION" --workers "$WORKERS" --seed "$SEED" --logs "$LOGS" --name "$NAME")
-[[ -n "$PRETRAINED" ]] && cmd+=(--pretrained "$PRETRAINED")
+if [[ -n "${VLM_PATH:-}" ]]; then
+    cmd+=(--vlm smolvlm --vlm-path "$VLM_PATH")
+else
+    cmd+=(--model "$MODEL" --lm "$LM")
+    [[ -n "$PRETRAINED" ]] && cmd+=(--pretrained "$PRETRAINED")
+fi
+[[ "$GRAD_CKPT" == 1 ]] && cmd+=(--grad-checkpointing)
+[[ -n "$REPORT_TO" ]] && cmd+=(--report-to "$REPORT_TO")
 [[ -n "${IMAGE_ROOT:-}" ]] && cmd+=(--image-root "$IMAGE_ROOT")
 [[ -n "$STEPS" ]] && cmd+=(--steps "$STEPS")
 [[ -n "$NUM_SAMPLES" ]] && cmd+=(--train-num-samples "$NUM_SAMPLES")

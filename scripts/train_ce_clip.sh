@@ -4,6 +4,6 @@
 # λ_imc 0.2, λ_cmr 0.4, adaptive per-type CMR margins, the corrected IMC (IMC_MODE=reference for the released one).
 #   DATA=/data/DeGLA.json IMAGE_ROOT=/data/coco bash scripts/train_ce_clip.sh [extra training.main flags]
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
-: "${MODEL:=negclip-ViT-B-32}" "${IMC_WEIGHT:=0.2}" "${CMR_WEIGHT:=0.4}" "${IMC_MODE:=paper}"
+: "${MODEL:=ViT-B-32-quickgelu}" "${IMC_WEIGHT:=0.2}" "${CMR_WEIGHT:=0.4}" "${IMC_MODE:=paper}"
 run_recipe --loss ce-clip --ceclip-imc-weight "$IMC_WEIGHT" --ceclip-cmr-weight "$CMR_WEIGHT" \
     --ceclip-imc-mode "$IMC_MODE" -- "$@"

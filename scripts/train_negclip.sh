@@ -5,5 +5,5 @@
 #   DATA=/data/DeGLA.json IMAGE_ROOT=/data/coco bash scripts/train_negclip.sh [extra training.main flags]
 : "${GPUS:=4}" "${BATCH:=64}"
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
-: "${MODEL:=negclip-ViT-B-32}"
+: "${MODEL:=ViT-B-32-quickgelu}"
 run_recipe --loss negclip -- "$@"

@@ -703,3 +703,94 @@ def test_a_truncated_shard_is_named(tmp_path, tok, cut):
         build(make_args(shard, "wds", train_num_samples=4), tok)
     assert str(info.value).startswith(f"{shard}: truncated webdataset shard")
     assert len(list(build(make_args(full, "wds", train_num_samples=4), tok).dataloader)) == 2
+
+
+# ----------------------------------------------------------------------------- tokenizing once
+
+class CountingTokenizer:
+    """The real tokenizer, counting its calls and the captions it was given."""
+
+    def __init__(self, tok):
+        self.tok, self.calls, self.captions = tok, 0, 0
+
+    def __call__(self, texts):
+        self.calls, self.captions = self.calls + 1, self.captions + len(texts)
+        return self.tok(texts)
+
+
+def test_map_style_tokens_equal_the_plain_tokenizers_for_every_sample_and_each_caption_is_tokenized_once(
+        tmp_path, tok):
+    """Every sample of every epoch (random draws, replacement fill, hard images, negatives shared between rows)
+    has exactly the rows of tokenizer([caption, *its negatives]); the tokenizer ran once per unique caption, when
+    the dataset was built, and never while reading samples."""
+    shared = ["a shared negative", "another shared one"]
+    rows = [(str(png(tmp_path / f"{i}.png").name), f"caption {i}", [f"negative {i}-{j}" for j in range(i % 4)] + shared,
+             [(i + 1) % 12, (i + 5) % 12]) for i in range(12)]
+    path = write_csv(tmp_path / "train.csv", rows, header=("filepath", "title", "neg_caption", "neg_image"))
+    counting = CountingTokenizer(tok)
+    args = make_args(path, "csv", num_hardneg=4, hardneg_fill="replace", csv_hardimg_key="neg_image")
+    dataset = build(args, counting).dataloader.dataset
+    assert counting.captions == 12 + 2 + sum(i % 4 for i in range(12)) and counting.calls == 1
+    for epoch in range(3):
+        dataset.shared_epoch.set_value(epoch)
+        for j, record in enumerate(dataset.records):
+            _, tokens = dataset[j]
+            assert tokens.dtype == torch.long and tuple(tokens.shape) == (2, 5, L)
+            check_tokens(tokens[0], tok, record.caption, dataset.selector.select(record.negatives, epoch, j), k=4)
+            h = next(h for h in record.hard_images if tokens[1, 0].equal(tok([dataset.records[h].caption])[0]))
+            hard = dataset.records[h]
+            check_tokens(tokens[1], tok, hard.caption, dataset.selector.select(hard.negatives, epoch, f"{j}/hard/{h}"),
+                         k=4)
+    assert counting.calls == 1
+
+
+def test_pretokenized_rows_keep_any_padding_value_and_id_range():
+    """The compact storage gives back exactly what the tokenizer gave: pads other than 0, rows without padding,
+    ids beyond uint16, and a caption that repeats."""
+    from open_clip_align.data.caption_tokens import PretokenizedCaptions
+
+    table = {"pad seven": [5, 6, 7, 7, 7, 7], "no pad": [1, 2, 3, 4, 5, 6], "big ids": [70000, 3, 0, 0, 0, 0],
+             "ends in pad value": [9, 0, 9, 9, 9, 9], "all one value": [4, 4, 4, 4, 4, 4]}
+    calls = []
+
+    def tokenizer(texts):
+        calls.append(list(texts))
+        return torch.tensor([table[t] for t in texts])
+
+    captions = PretokenizedCaptions(tokenizer, [*table, "no pad", "pad seven"])
+    assert calls == [list(table)] and len(captions) == len(table)
+    got = captions.rows(["big ids", "pad seven", "no pad", "ends in pad value", "all one value", "pad seven"])
+    assert got.dtype == torch.long
+    assert got.tolist() == [table[t] for t in ("big ids", "pad seven", "no pad", "ends in pad value",
+                                               "all one value", "pad seven")]
+    assert captions.encode("no pad", [None, "big ids"], 3).tolist() == [table["no pad"], [0] * 6, table["big ids"],
+                                                                       [0] * 6]
+
+
+def test_pretokenizing_in_worker_processes_gives_the_same_rows(monkeypatch, tok):
+    from open_clip_align.data.caption_tokens import PretokenizedCaptions
+
+    monkeypatch.setattr(PretokenizedCaptions, "batch", 3)  # 4 tokenizer calls, spread over 2 processes
+    texts = [f"caption number {i}" for i in range(10)] + ["caption number 3"]
+    pooled = PretokenizedCaptions(tok, texts, workers=2)
+    assert len(pooled) == 10 and pooled.rows(texts).equal(tok(texts))
+
+
+def test_wds_tokenizes_a_batch_in_one_call_and_recurring_captions_once(tmp_path, tok):
+    """A batch's captions go to the tokenizer in one call, captions cached earlier are not tokenized again, and
+    the rows equal the plain tokenizer's for every sample."""
+    shared = ["shared n0", "shared n1"]
+    samples = [(f"k{i}", {"png": png_bytes(), "txt": f"caption {i}", "json": {"enhanced": shared}}) for i in range(4)]
+    url = str(write_shard(tmp_path / "shard-000.tar", samples))
+    counting = CountingTokenizer(tok)
+    info = build(make_args(url, "wds", train_num_samples=4), counting)
+    for epoch in range(2):
+        seen = []
+        for _, texts in info.dataloader:
+            for t in texts:
+                caption = row_texts(t[:1], tok, [f"caption {i}" for i in range(4)])[0]
+                check_tokens(t, tok, caption, shared, k=2)
+                seen.append(caption)
+        assert sorted(seen) == [f"caption {i}" for i in range(4)]
+        # epoch 0: two batches, one call each; the second batch's shared negatives were cached. Epoch 1: none.
+        assert (counting.calls, counting.captions) == (2, 4 + 2)

@@ -30,7 +30,9 @@ def test_hardneg_model_encodes_both_halves_of_a_hard_image_batch():
                                        model.encode_image(images[:, half], normalize=True), atol=1e-5, rtol=0)
             flat = model.encode_text(texts[:, half].reshape(-1, texts.shape[-1]), normalize=True).reshape(3, 3, -1)
             torch.testing.assert_close(out[f"{prefix}text_features"], flat[:, 0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(out[f"{prefix}neg_text_features"], flat[:, 1:], atol=1e-5, rtol=0)
+            valid = out[f"{prefix}neg_text_valid"]
+            expected = torch.where(valid[..., None], flat[:, 1:], flat[:, :1])  # invalid slots: the positive's
+            torch.testing.assert_close(out[f"{prefix}neg_text_features"], expected, atol=1e-5, rtol=0)
         assert out["hard_neg_text_valid"].tolist() == [[True, True], [True, False], [True, True]]
         model.emit_hardneg = False  # a loss without negatives: only the samples, as plain CLIP outputs
         plain = model(images, texts)

@@ -177,7 +177,8 @@ def test_help_lists_plugin_and_upstream_flags(capsys):
         _parse(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--loss", "--num-hardneg", "--hardneg-format", "--csv-hardneg-key", "--accum-freq", "--lr"):
+    for flag in ("--loss", "--num-hardneg", "--hardneg-format", "--csv-hardneg-key", "--accum-freq", "--lr",
+                 "--lora-r", "--lora-targets", "--siglip-hardneg-weight", "--siglip-init-bias"):
         assert flag in out
 
 
@@ -191,3 +192,28 @@ def test_hooks_restore_upstream_globals():
     after = (train_main.parse_args, train_main.get_data, train_main.create_loss,
              train_main.create_model_and_transforms, torch.nn.parallel.DistributedDataParallel)
     assert before == after
+
+
+@pytest.mark.parametrize("name,base", [("tiny-clip-ViT", "CLIP"), ("tiny-customtext-timm-ViT", "CustomTextCLIP"),
+                                       ("tiny-captioner-ViT", "CoCa")])
+def test_enable_hardneg_swaps_the_class_in_place(name, base):
+    """Any plain CLIP/CustomTextCLIP/CoCa becomes its hard-negative class: same object, keys and isinstance, and
+    the class pickles (defined at module level); other classes are refused by name."""
+    import copy
+    import pickle
+
+    from open_clip.coca_model import CoCa
+    from open_clip.model import CustomTextCLIP
+
+    from open_clip_align.models import HardNegMixin, enable_hardneg
+    from open_clip_align.models.hardneg import UnsupportedFamily
+
+    model = open_clip.create_model(name)
+    keys = list(model.state_dict())
+    swapped = enable_hardneg(model)
+    assert swapped is model and isinstance(model, HardNegMixin)
+    assert isinstance(model, {"CLIP": CLIP, "CustomTextCLIP": CustomTextCLIP, "CoCa": CoCa}[base])
+    assert type(model).__name__ == f"HardNeg{base}" and list(model.state_dict()) == keys
+    assert type(pickle.loads(pickle.dumps(model))) is type(model) and type(copy.deepcopy(model)) is type(model)
+    with pytest.raises(UnsupportedFamily, match="ComAlignCLIP is not one of open_clip's CLIP, CustomTextCLIP, CoCa"):
+        enable_hardneg(open_clip.create_model("comalign-tiny-ViT"))

@@ -298,7 +298,7 @@ def test_zeroshot_images_show_one_object_of_their_class(ci):
             pixels = np.asarray(image).reshape(-1, 3)
             fills = {tuple(px) for px in pixels[pixels.max(axis=1) > 80].tolist()}
             assert len(fills) == 1
-            assert all(abs(a - b) <= S._COLOUR_JITTER for a, b in zip(fills.pop(), S.COLOURS[colour]))
+            assert all(abs(a - b) <= S.COLOUR_JITTER for a, b in zip(fills.pop(), S.COLOURS[colour]))
     assert set(sizes) == set(S.SIZES)
 
 
@@ -318,7 +318,7 @@ def test_zeroshot_leaves_every_other_output_unchanged(ci, tmp_path):
     S.generate(tmp_path / "few", preset="ci", zeroshot_per_class=2, heldout_fraction=0, train_size=1,
                pretrain_size=1, test_pairs=1, progress=False)
     for name in ("red_circle", "blue_star"):
-        split = S._zeroshot_split(name, heldout_of(manifest))
+        split = S.zeroshot_split(name, heldout_of(manifest))
         for n in range(2):
             assert (tmp_path / f"few/zeroshot/iid/test/{name}/{n:05d}.png").read_bytes() == \
                 (root / f"zeroshot/{split}/test/{name}/{n:05d}.png").read_bytes()
@@ -404,7 +404,7 @@ def test_scene_geometry(ci, scenes):
         for i, a in enumerate(objects):
             x0, y0, x1, y1 = a.bbox
             assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
-            lo, hi = (S._RADIUS[a.size] * size * (1 + f * S._RADIUS_JITTER) for f in (-1, 1))
+            lo, hi = (S.RADIUS[a.size] * size * (1 + f * S.RADIUS_JITTER) for f in (-1, 1))
             assert lo - 0.01 <= a.radius <= hi + 0.01
             for b in objects[i + 1:]:
                 assert (a.cx - b.cx) ** 2 + (a.cy - b.cy) ** 2 > (a.radius + b.radius) ** 2
@@ -506,3 +506,46 @@ def test_a_test_only_dataset_needs_no_training_rows(tmp_path):
     manifest = S.generate(tmp_path / "d", preset="ci", train_size=0, pretrain_size=0, test_pairs=1,
                           zeroshot_per_class=0, progress=False, workers=1)
     assert manifest["counts"]["train"] == 0 and (tmp_path / "d" / "sugarcrepe" / "iid" / "swap_att.json").is_file()
+
+
+def test_a_failed_run_leaves_no_shards_and_overwrite_clears_a_killed_runs_staged_ones(tmp_path, monkeypatch):
+    """Shards are staged in a hidden folder and moved in at the end: a run that fails while rendering leaves no
+    train-wds/ (nor the staging folder), and --overwrite removes one a killed run left behind."""
+    from open_clip_align.data.shapecrepe import plan
+
+    real, drawn = plan.png_bytes, []
+
+    def failing(*args):
+        drawn.append(1)
+        if len(drawn) > 260:  # the second training unit, after 250 samples went into shards
+            raise RuntimeError("render failed")
+        return real(*args)
+
+    monkeypatch.setattr(plan, "png_bytes", failing)
+    with pytest.raises(RuntimeError, match="render failed"):
+        S.generate(tmp_path / "d", preset="ci", workers=1, progress=False)
+    assert not (tmp_path / "d/train-wds").exists() and not list((tmp_path / "d").glob(".train-wds*"))
+    monkeypatch.setattr(plan, "png_bytes", real)
+    staged = tmp_path / "d/.train-wds.tmp-killed"
+    staged.mkdir()
+    (staged / "shard-000000.tar").write_bytes(b"torn")
+    S.generate(tmp_path / "d", preset="ci", overwrite=True, train_size=3, pretrain_size=3, test_pairs=1,
+               zeroshot_per_class=0, progress=False)
+    assert not staged.exists() and (tmp_path / "d/train-wds/shard-000000.tar").is_file()
+
+
+def test_cli_disk_errors_and_ctrl_c_are_one_line(tmp_path, monkeypatch, capsys):
+    from open_clip_align.data.shapecrepe import cli
+
+    argv = ["--out", str(tmp_path / "d"), "--preset", "ci", "--quiet"]
+    for raised, code, line in ((OSError(28, "No space left on device"), 2, "error: [Errno 28] No space left on device"),
+                               (KeyboardInterrupt(), 130, "interrupted; --out is unfinished (no manifest.json)")):
+        def generate(*args, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(cli, "generate", generate)
+        with pytest.raises(SystemExit) as exit_info:
+            S.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == code and len(err.splitlines()) == 1, err
+        assert err.startswith("python -m open_clip_align.data.synthetic: ") and line in err, err

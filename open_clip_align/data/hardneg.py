@@ -12,29 +12,27 @@ nearest-neighbour rows and brings that row's image, caption and negatives, so a 
 ``(images [2,3,H,W], tokens [2,1+K,L])`` (index 0 the sample, 1 its hard image) and batches are
 ``(images [B,2,3,H,W], texts [B,2,1+K,L])``; ``HardNegCLIP`` encodes both halves.
 
+Reading the files is ``data/formats.py``'s (the one owner of the formats); this module checks the rows against
+the flags, picks the negatives and builds samples and loaders. Every caption of map-style data is tokenized once
+when the dataset is built (``data/caption_tokens.py``), so an access costs about what ``CsvDataset``'s does.
+
 csv/json/jsonl/ceclip-npy are validated eagerly, so bad data stops training before it starts; every problem
 raises ``HardNegDataError`` naming the file, the row as the user sees it, and the problem. Images that turn
 out to be corrupt are found when loaded. With ``--hardneg-skip-bad-images`` missing images are dropped at
 construction and unreadable ones are skipped while loading; a process-shared counter collects the skips
 and the loader logs their number in the main process at the end of each epoch.
 """
-import ast
 import dataclasses
-import glob
 import io
-import json
 import logging
 import math
 import os
 import random
 import re
-import warnings
 from dataclasses import dataclass
 from multiprocessing import Value
-from typing import Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
 
-import numpy as np
-import pandas as pd
 import torch
 import webdataset as wds
 from PIL import Image
@@ -43,7 +41,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from open_clip_train.data import DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls
 
-from ..errors import UserError
+from .caption_tokens import CachedTokenizer, PretokenizedCaptions
+from .formats import (CECLIP_NEGATIVE_KEYS, HardNegDataError, MissingMember, fail, json_type, read_ceclip_npy,
+                      read_csv, read_degla_json, read_jsonl, shown, wds_fields)
 
 __all__ = [
     "HardNegDataError",
@@ -58,45 +58,14 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "degla-json", "jsonl", "wds", "ceclip-npy")
-# CE-CLIP's negative types, in the order of its valid_caption mask after the positive (its data/dataset.py
-# adds them in this order, and the mask follows the dict's key order).
-CECLIP_NEGATIVE_KEYS = ("relation_aug_caption", "adj_aug_caption", "noun_aug_caption", "verb_aug_caption")
-# CE-CLIP's training loader: <root>/train2014/COCO_train2014_<image_id zero-padded to 12>.jpg
-CECLIP_IMAGE_TEMPLATE = "train2014/COCO_train2014_{:012d}.jpg"
-WDS_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Same buffer sizes as open_clip_train's get_wds_dataset.
 _SHARD_SHUFFLE_SIZE, _SHARD_SHUFFLE_INITIAL = 2000, 500
 _SAMPLE_SHUFFLE_SIZE, _SAMPLE_SHUFFLE_INITIAL = 5000, 1000
 
 
-class HardNegDataError(UserError):
-    """Bad hard-negative training data; the message names the file, the row and the problem."""
-
-
 class _SkippableSample(Exception):
-    """A sample whose image (or, for wds, image/caption/negatives) is missing or unreadable."""
-
-
-def _fail(where: str, problem: str) -> NoReturn:
-    raise HardNegDataError(f"{where}: {problem}")
-
-
-def _json_type(value) -> str:
-    """JSON name of a parsed value's type, for messages."""
-    names = {bool: "boolean", dict: "object", list: "array", str: "string", int: "number",
-             float: "number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _shown(value, limit: int = 80) -> str:
-    """repr() of any parsed value, cut to ``limit`` characters, for messages."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    """An image that cannot be read (with --hardneg-skip-bad-images its sample is skipped)."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +99,10 @@ class HardNegSelector:
     def problem(self, negatives, key: str) -> Optional[str]:
         """Why ``negatives`` (a parsed field ``key``) is unusable, or None."""
         if not isinstance(negatives, list):
-            return f"{key!r} must be a list of strings, got {_json_type(negatives)}"
+            return f"{key!r} must be a list of strings, got {json_type(negatives)}"
         for i, neg in enumerate(negatives, 1):
             if not isinstance(neg, str):
-                return f"item {i} of {key!r} is a {_json_type(neg)}, expected a string"
+                return f"item {i} of {key!r} is a {json_type(neg)}, expected a string"
             if not neg.strip():
                 return f"item {i} of {key!r} is an empty string"
         if self.fill == "error" and len(negatives) < self.k:
@@ -153,15 +122,6 @@ class HardNegSelector:
         if self.fill == "replace" and len(chosen) < self.k:
             chosen += rng.choices(list(negatives), k=self.k - len(chosen))
         return chosen
-
-
-def _encode(tokenizer, caption: str, negatives: Sequence[Optional[str]], k: int) -> torch.Tensor:
-    """Tokenize ``[caption, *negatives]`` in one call -> LongTensor [1+K, L]; missing or None negatives stay 0."""
-    rows = [0] + [1 + i for i, neg in enumerate(negatives) if neg is not None]
-    tokens = tokenizer([caption, *(neg for neg in negatives if neg is not None)])
-    out = tokens.new_zeros((1 + k, tokens.shape[-1]))
-    out[rows] = tokens
-    return out
 
 
 def _open_rgb(source) -> Image.Image:
@@ -199,176 +159,6 @@ class SkipCounter:
 
 # ----------------------------------------------------------------------------- map-style (csv/json/jsonl/ceclip-npy)
 
-def _parse_list_literal(where: str, key: str, text: str, example: str = "['neg 1', 'neg 2']"):
-    """Parse a Python list literal (or JSON list) cell; type checks are left to the caller."""
-    for parse in (ast.literal_eval, json.loads):
-        try:
-            return parse(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-    _fail(where, f"column {key!r} is not a list literal like {example}: {_short(text)}")
-
-
-def _read_csv(path: str, keys: Tuple[str, ...], args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives, hard_rows)`` per non-blank row; ``where`` counts the header
-    as line 1. ``keys`` = (image, caption, negatives[, hard images]); ``hard_rows`` is the parsed 4th column,
-    else None."""
-    sep = args.csv_separator
-    try:
-        with warnings.catch_warnings():  # more fields than the header: an error, not a silent re-indexing
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                             index_col=False)
-    except pd.errors.EmptyDataError:
-        _fail(path, "the file is empty")
-    except pd.errors.ParserWarning:
-        _fail(path, f"the first data row has more fields than the header (separator {sep!r})")
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        _fail(path, f"cannot parse as CSV/TSV with separator {sep!r}: {str(e).strip()}")
-    missing = [k for k in keys if k not in df.columns]
-    if missing:
-        _fail(path, f"missing column(s) {missing}; available columns: {list(df.columns)} "
-                    f"(read with --csv-separator {sep!r}; see --csv-img-key/--csv-caption-key/--csv-hardneg-key"
-                    f"{'/--csv-hardimg-key' if len(keys) > 3 else ''})")
-    blank = df.apply(lambda col: col.str.strip() == "").all(axis=1)
-    image_key, caption_key, hardneg_key = keys[:3]
-    hard_cells = df[keys[3]] if len(keys) > 3 else [None] * len(df)
-    for i, (is_blank, image, caption, negatives, hard) in enumerate(
-            zip(blank, df[image_key], df[caption_key], df[hardneg_key], hard_cells)):
-        if not is_blank:
-            where = f"{path}, line {i + 2}"
-            if hard is not None:
-                hard = _parse_list_literal(where, keys[3], hard, example="[12, 7]")
-            yield where, image, caption, _parse_list_literal(where, hardneg_key, negatives), hard
-
-
-def _json_entry(where: str, entry, keys: Tuple[str, str, str], template: str) -> tuple:
-    """Check one JSON object and format its image field -> ``(where, image, caption, negatives, None)``."""
-    if not isinstance(entry, dict):
-        _fail(where, f"expected a JSON object, got {_json_type(entry)}")
-    missing = [k for k in keys if k not in entry]
-    if missing:
-        _fail(where, f"missing field(s) {missing}; available fields: {sorted(entry)} "
-                     f"(see --json-image-key/--json-caption-key/--json-hardneg-key)")
-    image_key, caption_key, hardneg_key = keys
-    image = entry[image_key]
-    where = f"{where} (image {image!r})"
-    if isinstance(image, bool) or not isinstance(image, (str, int)):
-        _fail(where, f"field {image_key!r} must be a path or an integer id, got {_json_type(image)}")
-    try:
-        path = template.format(image)
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        _fail(where, f"--json-image-template {template!r} cannot format {image!r}: {type(e).__name__}: {e}")
-    return where, path, entry[caption_key], entry[hardneg_key], None
-
-
-def _read_json(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives, None)`` per entry of a JSON array (entries numbered from 1).
-    A UTF-8 byte-order mark is accepted, as for CSV."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        _fail(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
-    except UnicodeDecodeError as e:
-        _fail(path, f"not UTF-8 text: {e}")
-    if not isinstance(data, list):
-        _fail(path, f"expected a JSON array of objects, got {_json_type(data)} "
-                    f"(one object per line is --hardneg-format jsonl)")
-    for i, entry in enumerate(data, 1):
-        yield _json_entry(f"{path}, entry {i}", entry, keys, args.json_image_template)
-
-
-def _read_jsonl(path: str, keys: Tuple[str, str, str], args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives, None)`` per non-blank line of a JSON-lines file (a UTF-8
-    byte-order mark is accepted)."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError as e:
-        _fail(path, f"not UTF-8 text: {e}")
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            where = f"{path}, line {n}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(where, f"invalid JSON at column {e.colno}: {e.msg}")
-            yield _json_entry(where, entry, keys, args.json_image_template)
-
-
-def _ceclip_files(path: str) -> List[str]:
-    """CE-CLIP's data files: every ``*.npy`` of a directory, in name order (the release globs them), or one file."""
-    if not os.path.isdir(path):
-        return [path]
-    files = sorted(glob.glob(os.path.join(glob.escape(path), "*.npy")))
-    if not files:
-        _fail(path, "this directory has no .npy files (--hardneg-format ceclip-npy reads CE-CLIP's "
-                    "processed_dataset*.npy files)")
-    return files
-
-
-def _ceclip_valid(where: str, value) -> List[bool]:
-    """``valid_caption`` [positive, relation, adj, noun, verb] of 0/1 -> validity of the 4 negatives."""
-    size = 1 + len(CECLIP_NEGATIVE_KEYS)
-    if not (isinstance(value, (list, tuple, np.ndarray)) and len(value) == size
-            and all(isinstance(v, (bool, int, np.integer, np.bool_)) and v in (0, 1) for v in value)):
-        _fail(where, f"key 'valid_caption' must be a list of {size} zeros/ones [positive, relation, adj, noun, "
-                     f"verb], got {_shown(value)}")
-    if not value[0]:
-        _fail(where, "key 'valid_caption' marks the positive caption invalid (its first entry is 0)")
-    return [bool(v) for v in value[1:]]
-
-
-def _read_ceclip_npy(path: str, args) -> Iterator[tuple]:
-    """Yield ``(where, image, caption, negatives, None)`` per entry of CE-CLIP's pickled ``.npy`` lists.
-
-    Each entry is a dict with ``image_id`` (formatted by ``--npy-image-template``; or ``image_path``, the
-    release's non-COCO variant), ``caption``, the four ``*_aug_caption`` negatives in type order and
-    ``valid_caption``; a negative marked 0 is yielded as None. Entries are numbered from 0 (the list index).
-    """
-    template = args.npy_image_template or CECLIP_IMAGE_TEMPLATE
-    for file in _ceclip_files(path):
-        try:
-            data = np.load(file, allow_pickle=True)
-        except Exception as e:  # unpickling fails in many ways: not .npy, truncated, unknown classes
-            _fail(file, f"cannot load as a pickled .npy list: {type(e).__name__}: {e}")
-        if not (isinstance(data, np.ndarray) and data.dtype == object and data.ndim == 1):
-            _fail(file, f"expected a saved list of dicts (a 1-D object array), got {type(data).__name__} "
-                        f"{getattr(data, 'dtype', '')} of shape {getattr(data, 'shape', '?')}")
-        for i, entry in enumerate(data.tolist()):
-            where = f"{file}, entry {i}"
-            if not isinstance(entry, dict):
-                _fail(where, f"expected a dict, got {type(entry).__name__}")
-            missing = [k for k in ("caption", *CECLIP_NEGATIVE_KEYS, "valid_caption") if k not in entry]
-            if "image_id" not in entry and "image_path" not in entry:
-                missing.insert(0, "image_id")
-            if missing:
-                _fail(where, f"missing key(s) {missing}; keys: {sorted(map(str, entry))}")
-            if "image_id" in entry:
-                image_id = entry["image_id"]
-                where = f"{where} (image_id {image_id!r})"
-                if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer, str)):
-                    _fail(where, f"key 'image_id' must be an integer or a string, got {type(image_id).__name__}")
-                try:
-                    image = template.format(image_id)
-                except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-                    _fail(where, f"--npy-image-template {template!r} cannot format {image_id!r}: "
-                                 f"{type(e).__name__}: {e}")
-            else:
-                image = entry["image_path"]
-                if not isinstance(image, str):
-                    _fail(where, f"key 'image_path' must be a string, got {type(image).__name__}")
-            negatives = []
-            for key, ok in zip(CECLIP_NEGATIVE_KEYS, _ceclip_valid(where, entry["valid_caption"])):
-                text = entry[key]
-                if ok and (not isinstance(text, str) or not text.strip()):
-                    _fail(where, f"key {key!r} must be a non-empty string (valid_caption marks it valid), "
-                                 f"got {_shown(text)}")
-                negatives.append(text if ok else None)
-            yield where, image, entry["caption"], negatives, None
-
-
 def _csv_image_rebaser(spec: str, images: Sequence[str], path: str) -> Callable[[str, str], str]:
     """``--csv-img-root`` for absolute image paths written on another machine (NegCLIP's TSV).
 
@@ -380,20 +170,20 @@ def _csv_image_rebaser(spec: str, images: Sequence[str], path: str) -> Callable[
     """
     absolute = [os.path.normpath(i) for i in images if os.path.isabs(i)]
     if not absolute:
-        _fail(path, f"--csv-img-root {spec!r} rebases absolute image paths, but this file has none (relative "
-                    f"paths resolve against --hardneg-image-root)")
+        fail(path, f"--csv-img-root {spec!r} rebases absolute image paths, but this file has none (relative "
+                   f"paths resolve against --hardneg-image-root)")
     if "=" in spec:
         old, new = spec.split("=", 1)
         if not os.path.isabs(old) or not new:
-            _fail(path, f"--csv-img-root OLD=NEW needs an absolute prefix OLD and a root NEW, got {spec!r}")
+            fail(path, f"--csv-img-root OLD=NEW needs an absolute prefix OLD and a root NEW, got {spec!r}")
         old = os.path.normpath(old)
     else:
         old, new = os.path.commonpath([os.path.dirname(i) for i in absolute]), spec
         if os.path.dirname(old) == old:  # the filesystem root: the paths share no directory
             top = absolute[0].split(os.sep)[1]
             other = next(i for i in absolute if i.split(os.sep)[1] != top)
-            _fail(path, f"--csv-img-root {spec!r}: the absolute image paths share no directory (e.g. "
-                        f"{absolute[0]!r} and {other!r}); say which prefix to replace with --csv-img-root OLD=NEW")
+            fail(path, f"--csv-img-root {spec!r}: the absolute image paths share no directory (e.g. "
+                       f"{absolute[0]!r} and {other!r}); say which prefix to replace with --csv-img-root OLD=NEW")
     new = os.path.abspath(new)
     logging.info(f"--csv-img-root: absolute image paths under {old} resolve under {new}")
 
@@ -402,7 +192,7 @@ def _csv_image_rebaser(spec: str, images: Sequence[str], path: str) -> Callable[
             return image
         rel = os.path.relpath(os.path.normpath(image), old)
         if rel == os.curdir or rel.split(os.sep, 1)[0] == os.pardir:
-            _fail(where, f"image path {image!r} is not under {old!r} (--csv-img-root {spec!r})")
+            fail(where, f"image path {image!r} is not under {old!r} (--csv-img-root {spec!r})")
         return os.path.join(new, rel)
 
     return rebase
@@ -411,13 +201,13 @@ def _csv_image_rebaser(spec: str, images: Sequence[str], path: str) -> Callable[
 def _hard_image_rows(where: str, key: str, value, n_rows: int) -> Tuple[int, ...]:
     """Check a parsed ``--csv-hardimg-key`` cell: a non-empty list of 0-based data-row indices."""
     if not isinstance(value, list) or not value:
-        _fail(where, f"{key!r} must be a non-empty list of row indices like [12, 7], got {_shown(value)}")
+        fail(where, f"{key!r} must be a non-empty list of row indices like [12, 7], got {shown(value)}")
     for i, row in enumerate(value, 1):
         if isinstance(row, bool) or not isinstance(row, int):
-            _fail(where, f"item {i} of {key!r} is a {_json_type(row)}, expected a row index")
+            fail(where, f"item {i} of {key!r} is a {json_type(row)}, expected a row index")
         if not 0 <= row < n_rows:
-            _fail(where, f"item {i} of {key!r} is row {row}, outside the file's {n_rows} data rows "
-                         f"(0 is the first row after the header)")
+            fail(where, f"item {i} of {key!r} is row {row}, outside the file's {n_rows} data rows "
+                        f"(0 is the first row after the header)")
     return tuple(value)
 
 
@@ -464,13 +254,13 @@ def _check_train_path(path: str, fmt: str) -> None:
     """A missing ``--train-data``, or a directory where a file is expected, stops with what was expected."""
     if fmt == "ceclip-npy":
         if not os.path.exists(path):
-            _fail(path, "not found (--hardneg-format ceclip-npy expects CE-CLIP's directory of .npy files, or one "
-                        ".npy file)")
+            fail(path, "not found (--hardneg-format ceclip-npy expects CE-CLIP's directory of .npy files, or one "
+                       ".npy file)")
     elif os.path.isdir(path):
-        _fail(path, f"is a directory; --hardneg-format {fmt} expects {_EXPECTED_INPUT[fmt]} as --train-data "
-                    f"(only --hardneg-format ceclip-npy reads a directory)")
+        fail(path, f"is a directory; --hardneg-format {fmt} expects {_EXPECTED_INPUT[fmt]} as --train-data "
+                   f"(only --hardneg-format ceclip-npy reads a directory)")
     elif not os.path.isfile(path):
-        _fail(path, "train data file not found")
+        fail(path, "train data file not found")
 
 
 def load_hardneg_records(args, selector: HardNegSelector) -> List[HardNegRecord]:
@@ -483,33 +273,33 @@ def load_hardneg_records(args, selector: HardNegSelector) -> List[HardNegRecord]
     hardimg_key = args.csv_hardimg_key if fmt == "csv" else None
     if fmt == "csv":
         keys = (args.csv_img_key, args.csv_caption_key, args.csv_hardneg_key) + ((hardimg_key,) if hardimg_key else ())
-        rows = list(_read_csv(path, keys, args))
+        rows = list(read_csv(path, keys, args.csv_separator))
     elif fmt == "ceclip-npy":
         if not args.trust_pickled_data:
-            _fail(path, "--hardneg-format ceclip-npy unpickles these .npy files, and unpickling can run any code "
-                        "stored in them; pass --trust-pickled-data if you trust their source (e.g. CE-CLIP's release)")
+            fail(path, "--hardneg-format ceclip-npy unpickles these .npy files, and unpickling can run any code "
+                       "stored in them; pass --trust-pickled-data if you trust their source (e.g. CE-CLIP's release)")
         keys = ("image_id", "caption", "valid_caption")
-        rows = list(_read_ceclip_npy(path, args))
+        rows = list(read_ceclip_npy(path, args.npy_image_template))
     else:
         keys = (args.json_image_key, args.json_caption_key, args.json_hardneg_key)
-        rows = list((_read_json if fmt == "degla-json" else _read_jsonl)(path, keys, args))
+        rows = list((read_degla_json if fmt == "degla-json" else read_jsonl)(path, keys, args.json_image_template))
     if not rows:
-        _fail(path, "no data rows")
+        fail(path, "no data rows")
     root = args.hardneg_image_root or (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
     rebase = _csv_image_rebaser(args.csv_img_root, [r[1] for r in rows], path) if fmt == "csv" and args.csv_img_root \
         else None
     records = []
     for where, image, caption, negatives, hard in rows:
         if not image.strip():
-            _fail(where, f"empty image path in {keys[0]!r}")
+            fail(where, f"empty image path in {keys[0]!r}")
         if not isinstance(caption, str):
-            _fail(where, f"positive caption {keys[1]!r} must be a string, got {_json_type(caption)}")
+            fail(where, f"positive caption {keys[1]!r} must be a string, got {json_type(caption)}")
         if not caption.strip():
-            _fail(where, f"empty positive caption in {keys[1]!r}")
+            fail(where, f"empty positive caption in {keys[1]!r}")
         if fmt != "ceclip-npy":  # ceclip-npy negatives are checked against their valid_caption mask when read
             problem = selector.problem(negatives, keys[2])
             if problem:
-                _fail(where, problem)
+                fail(where, problem)
         if rebase is not None:
             image = rebase(image, where)
         hard_images = _hard_image_rows(where, hardimg_key, hard, len(rows)) if hardimg_key else ()
@@ -525,14 +315,18 @@ class HardNegDataset(Dataset):
     row) like the negatives; it brings that row's image, caption and K of its negatives. With
     ``skip_bad_images`` an unreadable image is counted in ``skipped`` and the sample is replaced by the next
     readable row (an unreadable hard image by another of the row's candidates), so batches keep their full
-    size (DDP gathers need equal batch sizes on all ranks).
+    size (DDP gathers need equal batch sizes on all ranks). Token rows come from ``captions``
+    (:class:`PretokenizedCaptions`), identical to calling ``tokenizer`` on ``[caption, *negatives]``.
     """
 
     def __init__(self, records: Sequence[HardNegRecord], transform, tokenizer, selector: HardNegSelector,
-                 epoch: int = 0, skip_bad_images: bool = False):
+                 epoch: int = 0, skip_bad_images: bool = False, progress: bool = False, workers: int = 0):
         self.records = list(records)
         self.transform = transform
-        self.tokenizer = tokenizer
+        # every caption and negative tokenized once, here, by ``workers`` processes (a progress bar on big data)
+        self.captions = PretokenizedCaptions(
+            tokenizer, (text for r in self.records for text in (r.caption, *r.negatives) if text is not None),
+            progress, workers)
         self.selector = selector
         self.skip_bad_images = skip_bad_images
         self.shared_epoch = SharedEpoch(epoch)
@@ -559,8 +353,8 @@ class HardNegDataset(Dataset):
         if image is None:
             return None
         record, epoch = self.records[j], self.shared_epoch.get_value()
-        tokens = _encode(self.tokenizer, record.caption, self.selector.select(record.negatives, epoch, j),
-                         self.selector.k)
+        tokens = self.captions.encode(record.caption, self.selector.select(record.negatives, epoch, j),
+                                      self.selector.k)
         if not record.hard_images:
             return self.transform(image), tokens
         order = list(record.hard_images)
@@ -569,8 +363,8 @@ class HardNegDataset(Dataset):
             hard_image = self._image(h, of=record)
             if hard_image is not None:
                 hard = self.records[h]
-                hard_tokens = _encode(self.tokenizer, hard.caption,
-                                      self.selector.select(hard.negatives, epoch, f"{j}/hard/{h}"), self.selector.k)
+                hard_tokens = self.captions.encode(
+                    hard.caption, self.selector.select(hard.negatives, epoch, f"{j}/hard/{h}"), self.selector.k)
                 return (torch.stack([self.transform(image), self.transform(hard_image)]),
                         torch.stack([tokens, hard_tokens]))
         return None
@@ -628,11 +422,12 @@ class HardNegDataLoader(DataLoader):
 
 def _map_style_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelector) -> DataInfo:
     dataset = HardNegDataset(load_hardneg_records(args, selector), preprocess_fn, tokenizer, selector,
-                             epoch=epoch, skip_bad_images=args.hardneg_skip_bad_images)
+                             epoch=epoch, skip_bad_images=args.hardneg_skip_bad_images, progress=args.rank == 0,
+                             workers=args.workers)
     global_batch = args.batch_size * args.world_size
     if len(dataset) < global_batch:
-        _fail(args.train_data, f"only {len(dataset)} usable rows, fewer than one global batch "
-                               f"(--batch-size {args.batch_size} x {args.world_size} processes)")
+        fail(args.train_data, f"only {len(dataset)} usable rows, fewer than one global batch "
+                              f"(--batch-size {args.batch_size} x {args.world_size} processes)")
     # also for one process: the order is a function of (seed, epoch), so a resumed run sees the same batches
     sampler = DistributedSampler(dataset, num_replicas=args.world_size, rank=args.rank, shuffle=True, seed=args.seed)
     dataloader = HardNegDataLoader(
@@ -660,17 +455,16 @@ def _raise_shard_error(exn: Exception) -> NoReturn:
 
 
 class _WdsSamples:
-    """Pipeline stage: raw webdataset samples -> (image [3,H,W], tokens LongTensor [1+K, L]).
+    """Pipeline stage: raw webdataset samples -> (image [3,H,W], (caption, its K selected negatives)).
 
     A sample lacking an image, caption or negatives, or with an undecodable image, raises HardNegDataError
     naming the shard and sample key, or is skipped and counted with ``skip``. Malformed negatives always raise.
     """
 
-    def __init__(self, args, transform, tokenizer, selector: HardNegSelector, shared_epoch: SharedEpoch,
-                 skipped: SkipCounter):
+    def __init__(self, args, transform, selector: HardNegSelector, shared_epoch: SharedEpoch, skipped: SkipCounter):
         self.caption_key, self.hardneg_key = args.json_caption_key, args.json_hardneg_key
         self.batch_size, self.skip = args.batch_size, args.hardneg_skip_bad_images
-        self.transform, self.tokenizer, self.selector = transform, tokenizer, selector
+        self.transform, self.selector = transform, selector
         self.shared_epoch, self.skipped = shared_epoch, skipped
 
     def __call__(self, samples):
@@ -681,7 +475,7 @@ class _WdsSamples:
             try:
                 yield self._decode(sample, where)
                 produced += 1
-            except _SkippableSample as e:
+            except (MissingMember, _SkippableSample) as e:
                 if not self.skip:
                     raise HardNegDataError(f"{where}: {e}") from None
                 logging.debug(f"Skipping sample: {where}: {e}")
@@ -692,37 +486,28 @@ class _WdsSamples:
                 f"usable samples, fewer than --batch-size {self.batch_size}")
 
     def _decode(self, sample: dict, where: str):
-        members = sorted(k for k in sample if not k.startswith("__"))
-        meta = {}
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except (ValueError, UnicodeDecodeError) as e:
-                _fail(where, f"invalid JSON in the .json member: {e}")
-            if not isinstance(meta, dict):
-                _fail(where, f"the .json member must be an object, got {_json_type(meta)}")
-        ext = next((e for e in WDS_IMAGE_EXTS if e in sample), None)
-        if ext is None:
-            raise _SkippableSample(f"no image member ({'/'.join(WDS_IMAGE_EXTS)}); members: {members}")
-        if "txt" in sample:
-            try:
-                caption = sample["txt"].decode("utf-8")
-            except UnicodeDecodeError as e:
-                _fail(where, f"the .txt member is not UTF-8 text: {e}")
-        else:
-            caption = meta.get(self.caption_key)
-        if not isinstance(caption, str) or not caption.strip():
-            raise _SkippableSample(f"no positive caption (a non-empty .txt member or .json field "
-                                   f"{self.caption_key!r}); members: {members}")
-        if self.hardneg_key not in meta:
-            raise _SkippableSample(f"no negatives (.json field {self.hardneg_key!r}); members: {members}")
-        problem = self.selector.problem(meta[self.hardneg_key], self.hardneg_key)
+        image, caption, negatives = wds_fields(sample, where, self.caption_key, self.hardneg_key)
+        problem = self.selector.problem(negatives, self.hardneg_key)
         if problem:
-            _fail(where, problem)
-        image = _open_rgb(io.BytesIO(sample[ext]))
+            fail(where, problem)
+        image = _open_rgb(io.BytesIO(image))
         ident = f"{sample['__url__']}/{sample['__key__']}"
-        negatives = self.selector.select(meta[self.hardneg_key], self.shared_epoch.get_value(), ident)
-        return self.transform(image), _encode(self.tokenizer, caption, negatives, self.selector.k)
+        return self.transform(image), (caption, self.selector.select(negatives, self.shared_epoch.get_value(), ident))
+
+
+class _WdsBatch:
+    """Collation: [(image [3,H,W], (caption, negatives))] * B -> (images [B,3,H,W], texts LongTensor [B,1+K,L]).
+
+    The batch's captions go through a :class:`CachedTokenizer` (a copy per worker): the ones not cached are
+    tokenized in one call, and captions that recur are tokenized once.
+    """
+
+    def __init__(self, tokenizer, k: int):
+        self.captions, self.k = CachedTokenizer(tokenizer), k
+
+    def __call__(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        images, texts = zip(*batch)
+        return torch.stack(images), self.captions.encode_batch(texts, self.k)
 
 
 _TAR_BLOCK = 512
@@ -763,15 +548,15 @@ def _wds_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelec
     local = [u for u in urls if not re.match(r"^[a-zA-Z][\w+.-]*:", u)]
     folders = [u for u in local if os.path.isdir(u)]
     if folders:
-        _fail(folders[0], f"is a directory; --hardneg-format wds expects {_EXPECTED_INPUT['wds']} as --train-data")
+        fail(folders[0], f"is a directory; --hardneg-format wds expects {_EXPECTED_INPUT['wds']} as --train-data")
     missing = [u for u in local if not os.path.isfile(u)]
     if missing:
         raise HardNegDataError(f"webdataset shard(s) not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
     for url in local:
         problem = _truncated_shard(url)
         if problem:
-            _fail(url, f"truncated webdataset shard: {problem} (an interrupted copy or write?); it would be read "
-                       f"as a shorter shard without error. Re-create or re-copy it, or leave it out of --train-data")
+            fail(url, f"truncated webdataset shard: {problem} (an interrupted copy or write?); it would be read "
+                      f"as a shorter shard without error. Re-create or re-copy it, or leave it out of --train-data")
     resampled = getattr(args, "dataset_resampled", False)
     weights = getattr(args, "train_data_upsampling_factors", None)
     if weights is not None and not resampled:
@@ -795,8 +580,8 @@ def _wds_data(args, preprocess_fn, tokenizer, epoch: int, selector: HardNegSelec
     pipeline += [
         wds.tarfile_to_samples(handler=_raise_shard_error),
         wds.shuffle(bufsize=_SAMPLE_SHUFFLE_SIZE, initial=_SAMPLE_SHUFFLE_INITIAL),
-        _WdsSamples(args, preprocess_fn, tokenizer, selector, shared_epoch, skipped),
-        wds.batched(args.batch_size, collation_fn=_collate, partial=False),
+        _WdsSamples(args, preprocess_fn, selector, shared_epoch, skipped),
+        wds.batched(args.batch_size, collation_fn=_WdsBatch(tokenizer, selector.k), partial=False),
     ]
     # Round up so every worker yields the same number of full batches, as upstream does.
     global_batch = args.batch_size * args.world_size

@@ -96,7 +96,8 @@ def imc_loss(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: 
              valid: Optional[torch.Tensor] = None, mode: str = "paper") -> torch.Tensor:
     """Intra-modal contrast: each positive text t_i against all N·K negatives of the batch (image-major).
 
-    image, text [N,D]; neg [N,K,D]; valid [N,K] bool (invalid columns −inf). ``paper``: logits
+    image, text [M,D] (the query rows: all N, or one rank's); neg [N,K,D]; valid [N,K] bool (invalid columns
+    −inf). ``paper``: logits
     [s·v_i·t_i, s·t_i·t̄_allᵀ] with target 0. ``reference``: logits s·t_i·t̄_allᵀ with target 0 for every row,
     column 0 (t̄_{0,0}) never masked.
     """
@@ -113,7 +114,7 @@ def imc_loss(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scale: 
         keep = keep.clone()
         keep[0] = True
     logits = logits.masked_fill(~keep, float("-inf"))
-    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device))
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 class CEClipLoss(GatheredLoss):
@@ -158,9 +159,12 @@ class CEClipLoss(GatheredLoss):
         """Previous-batch margins restart at 0 (the released loop initialises them in each epoch)."""
         self.previous_thresholds = self.previous_thresholds.new_zeros(0)
 
-    def _thresholds(self, pos: torch.Tensor, neg: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """θ [K] for this batch's CMR; in 'previous' mode the stored θ, replaced by this batch's for the next."""
-        current = cmr_thresholds(pos, neg, valid, self.threshold_type, self.fixed_threshold, self.upper_bound)
+    def _thresholds(self, pos: torch.Tensor, neg: torch.Tensor, valid: torch.Tensor,
+                    margin_factor: float = 1.0) -> torch.Tensor:
+        """θ [K] for this batch's CMR; in 'previous' mode the stored θ, replaced by this batch's for the next.
+        ``margin_factor`` rescales the fixed margin and the upper bound (the sigmoid form's s/100)."""
+        upper = None if self.upper_bound is None else self.upper_bound * margin_factor
+        current = cmr_thresholds(pos, neg, valid, self.threshold_type, self.fixed_threshold * margin_factor, upper)
         if self.threshold_from == "current" or self.threshold_type == "fixed":
             return current
         previous = self.previous_thresholds

@@ -63,13 +63,15 @@ def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scal
                 teacher_neg: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None,
                 rows: Optional[torch.Tensor] = None, tgc_scale: float = 10.0, tgc_mode: str = "fixed",
                 distill_reduction: str = "sum", distill_negatives: bool = True,
-                need_tgc: bool = True, need_distill: bool = True) -> Dict[str, torch.Tensor]:
+                need_tgc: bool = True, need_distill: bool = True,
+                igc_scale: Optional[float] = None) -> Dict[str, torch.Tensor]:
     """Unweighted DeGLA terms ``{base, igc, tgc, distill}`` on global features.
 
     image, text [N,D]; neg [N,K,D]; teacher_* the same shapes (detached here); valid [N,K] bool.
     ``rows`` (global indices, default all N) are the query rows: every CE term averages over them, distill
     sums over them (``--local-loss`` passes this rank's rows). TGC/distill are skipped (absent from the
-    result) when not needed, so a run without a teacher can still train base + IGC.
+    result) when not needed, so a run without a teacher can still train base + IGC. ``igc_scale`` replaces s in
+    IGC (``--degla-igc-scale``; None keeps s).
     """
     n, k, d = neg.shape
     device = image.device
@@ -90,7 +92,10 @@ def degla_terms(image: torch.Tensor, text: torch.Tensor, neg: torch.Tensor, scal
 
     own = torch.cat([rows.unsqueeze(1), n + rows.unsqueeze(1) * k + torch.arange(k, device=device)], 1)
     zeros = torch.zeros(len(rows), dtype=torch.long, device=device)
-    terms["igc"] = F.cross_entropy(logits_image.gather(1, own), zeros)
+    own_logits = logits_image.gather(1, own)
+    if igc_scale is not None:
+        own_logits = own_logits * (igc_scale / scale)
+    terms["igc"] = F.cross_entropy(own_logits, zeros)
 
     if need_tgc:
         if tgc_mode == "fixed":
@@ -129,8 +134,9 @@ class DeGLALoss(GatheredLoss):
 
     def __init__(self, igc_weight: float = 0.1, tgc_weight: float = 0.1, distill_weight: float = 0.005,
                  tgc_scale: float = 10.0, tgc_mode: str = "fixed", distill_reduction: str = "sum",
-                 distill_negatives: bool = True, **distributed):
+                 distill_negatives: bool = True, igc_scale: Optional[float] = None, **distributed):
         super().__init__(**distributed)
+        self.igc_scale = igc_scale
         if tgc_mode not in TGC_MODES:
             raise ValueError(f"--degla-tgc-mode must be one of {TGC_MODES}, got {tgc_mode!r}")
         if distill_reduction not in DISTILL_REDUCTIONS:
@@ -173,7 +179,8 @@ class DeGLALoss(GatheredLoss):
                             tgc_scale=self.tgc_scale, tgc_mode=self.tgc_mode,
                             distill_reduction="sum" if self.local_loss else self.distill_reduction,
                             distill_negatives=self.distill_negatives,
-                            need_tgc=self.tgc_weight > 0, need_distill=self.distill_weight > 0)
+                            need_tgc=self.tgc_weight > 0, need_distill=self.distill_weight > 0,
+                            igc_scale=self.igc_scale)
         if self.local_loss:  # this rank's share of each global term (spec §4)
             terms.update({name: share * terms[name] for name in ("base", "igc", "tgc") if name in terms})
             if "distill" in terms and self.distill_reduction == "mean":

@@ -1,11 +1,13 @@
 """``--loss ce-clip`` (Zhang et al., CE-CLIP; spec degla.md §8): NegCLIP's term + intra-modal contrast (IMC) +
 the cross-modal rank loss (CMR) with adaptive per-type margins. Defaults are the corrected forms; the released
 code's behaviour is a set of parity modes (``--ceclip-imc-mode reference``, ``--ceclip-threshold-from previous``,
-``--ceclip-cmr-average all``). The maths is ``losses.ceclip``.
+``--ceclip-cmr-average all``). The maths is ``losses.ceclip``; its sigmoid form (``--siglip`` or a model with a
+logit_bias) is ``losses.sigmoid.SigmoidCEClipLoss`` (sig-negclip + IMC + CMR with margins scaled by s/100).
 """
 from ..flag_rules import FlagRule
 from ..losses.ceclip import CMR_AVERAGES, IMC_MODES, THRESHOLD_FROM, THRESHOLD_TYPES, CEClipLoss
-from .hardneg import SOFTMAX_REFUSALS, HardNegativeMethod
+from ..losses.sigmoid import SigmoidCEClipLoss
+from .hardneg import HARDNEG_REFUSALS, HardNegativeMethod, sigmoid_form, sigmoid_options
 from .registry import UsageError, register_method
 
 
@@ -14,8 +16,11 @@ class CEClip(HardNegativeMethod):
     name = "ce-clip"
     flag_prefix = "ceclip"
     summary = "IMC + CMR with per-type margins"
-    refused_flags = SOFTMAX_REFUSALS + (
-        FlagRule(("--local-loss",), "CE-CLIP's IMC and CMR terms need the gathered global batch"),)
+    has_sigmoid_form = True
+    refused_flags = HARDNEG_REFUSALS + (
+        FlagRule(("--local-loss",), "CE-CLIP's softmax IMC and CMR terms need the gathered global batch (the "
+                                    "sigmoid form is always local)", lambda args: not sigmoid_form(args),
+                 "softmax form"),)
 
     def add_arguments(self, g):
         g.add_argument("--ceclip-imc-weight", type=float, default=0.3,
@@ -49,6 +54,13 @@ class CEClip(HardNegativeMethod):
                              f"{args.accum_freq} the loss runs {args.accum_freq} times per step: use --accum-freq 1")
 
     def create_loss(self, args):
+        if sigmoid_form(args):
+            return SigmoidCEClipLoss(
+                imc_weight=args.ceclip_imc_weight, cmr_weight=args.ceclip_cmr_weight, imc_mode=args.ceclip_imc_mode,
+                threshold_type=args.ceclip_threshold_type, fixed_threshold=args.ceclip_fixed_threshold,
+                upper_bound=args.ceclip_upper_bound, threshold_from=args.ceclip_threshold_from,
+                cmr_average=args.ceclip_cmr_average, accum_freq=args.accum_freq, **sigmoid_options(args),
+                **SigmoidCEClipLoss.distributed(args))
         return CEClipLoss(imc_weight=args.ceclip_imc_weight, cmr_weight=args.ceclip_cmr_weight,
                           imc_mode=args.ceclip_imc_mode, threshold_type=args.ceclip_threshold_type,
                           fixed_threshold=args.ceclip_fixed_threshold, upper_bound=args.ceclip_upper_bound,

@@ -100,8 +100,9 @@ def _resolve_pretrained(model_name: str, base: Optional[str], pretrained: str, c
 def load_plugin_checkpoint(model: torch.nn.Module, checkpoint_path: str, weights_only: bool = True):
     """Load base CLIP or plugin weights; only keys under the class's ``plugin_state_prefixes`` may be missing.
 
-    Afterwards ``model.after_pretrained_load(missing_keys)`` runs if the class defines it (e.g. to copy the
-    student into an EMA teacher that a base checkpoint lacks).
+    Afterwards ``model.after_pretrained_load(missing_keys)`` runs if the class defines it (e.g. ComAlign's head
+    checkpoint). A hard-negative model's EMA teacher, which a base checkpoint lacks, is seeded from the loaded student
+    by its own load hooks (``models.hardneg``).
     """
     incompatible = oc_factory.load_checkpoint(model, checkpoint_path, strict=False, weights_only=weights_only)
     owned = tuple(getattr(model, "plugin_state_prefixes", ()))

@@ -5,29 +5,27 @@ JSON lines, one per caption, in the ``--hardneg-format jsonl`` training format
 (``{"id", "image", "original", "enhanced": [...], "types": [...]}``; ``types[i]`` is the type of
 ``enhanced[i]``). Rows are appended whole and synced one by one, so a killed run leaves at most one torn
 last line: :func:`finished_rows` truncates it away and returns the rows already done. :func:`convert` turns
-the JSONL into the other training formats (csv, degla-json, wds), each written atomically (tmp + rename).
+the JSONL into the other training formats (csv, degla-json, wds), each written atomically (tmp + rename). The
+field names and the writers are the hard-negative formats' own (``open_clip_align.data.formats``).
 """
 import csv
 import io
 import json
 import logging
 import os
-import re
-import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..cli_checks import output_problem
+from ..data import formats
+from ..data.formats import (JSON_CAPTION, JSON_IMAGE, JSON_NEGATIVES, JSON_TYPES, WDS_IMAGE_EXTS, ShardWriter,
+                            csv_row, json_type, jsonl_line, wds_members, write_degla_json, write_tsv)
 from ..errors import UserError
 
 INPUT_FORMATS = ("coco", "csv", "tsv", "jsonl")
 CONVERT_FORMATS = ("csv", "degla-json", "wds")
 _EXTENSIONS = {".json": "coco", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-# Image members the training loader recognises (open_clip_align.data.hardneg.WDS_IMAGE_EXTS).
-_WDS_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-_OUTPUT_KEYS = ("id", "image", "original", "enhanced", "types")
+_OUTPUT_KEYS = ("id", JSON_IMAGE, JSON_CAPTION, JSON_NEGATIVES, JSON_TYPES)
 
 
 class InputError(UserError):
@@ -41,12 +39,6 @@ class CaptionRow:
     caption_id: str
     image: Union[str, int]
     caption: str
-
-
-def _json_type(value) -> str:
-    names = {bool: "boolean", dict: "object", list: "array", str: "string", int: "number",
-             float: "number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
 
 
 # ----------------------------------------------------------------------------- input
@@ -74,7 +66,7 @@ def _read_text(path: str) -> str:
 
 def _image_value(where: str, key: str, value) -> Union[str, int]:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InputError(f"{where}: field {key!r} must be an image path or an integer id, got {_json_type(value)}")
+        raise InputError(f"{where}: field {key!r} must be an image path or an integer id, got {json_type(value)}")
     if isinstance(value, str) and not value.strip():
         raise InputError(f"{where}: empty image in field {key!r}")
     return value
@@ -82,7 +74,7 @@ def _image_value(where: str, key: str, value) -> Union[str, int]:
 
 def _caption_value(where: str, key: str, value) -> str:
     if not isinstance(value, str):
-        raise InputError(f"{where}: caption field {key!r} must be a string, got {_json_type(value)}")
+        raise InputError(f"{where}: caption field {key!r} must be a string, got {json_type(value)}")
     if not value.strip():
         raise InputError(f"{where}: empty caption in field {key!r}")
     return value
@@ -90,7 +82,7 @@ def _caption_value(where: str, key: str, value) -> str:
 
 def _id_value(where: str, key: str, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InputError(f"{where}: id field {key!r} must be a string or an integer, got {_json_type(value)}")
+        raise InputError(f"{where}: id field {key!r} must be a string or an integer, got {json_type(value)}")
     if not str(value).strip():
         raise InputError(f"{where}: empty id in field {key!r}")
     return str(value)
@@ -104,13 +96,13 @@ def _read_coco(path: str) -> Iterator[Tuple[str, CaptionRow]]:
         raise InputError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InputError(f"{path}: expected a COCO captions object {{\"annotations\": [{{\"id\", \"image_id\", "
-                         f"\"caption\"}}, ...]}}, got {_json_type(data)}"
+                         f"\"caption\"}}, ...]}}, got {json_type(data)}"
                          + (f" with keys {sorted(data)}" if isinstance(data, dict) else ""))
     files: Optional[Dict[int, str]] = None
     if "images" in data:
         if not isinstance(data["images"], list):
             raise InputError(f"{path}: \"images\" must be an array of {{\"id\", \"file_name\"}}, "
-                             f"got {_json_type(data['images'])}")
+                             f"got {json_type(data['images'])}")
         files = {}
         for i, image in enumerate(data["images"], 1):
             where = f"{path}, images entry {i}"
@@ -121,7 +113,7 @@ def _read_coco(path: str) -> Iterator[Tuple[str, CaptionRow]]:
     for i, ann in enumerate(data["annotations"], 1):
         where = f"{path}, annotation {i}"
         if not isinstance(ann, dict):
-            raise InputError(f"{where}: expected an object, got {_json_type(ann)}")
+            raise InputError(f"{where}: expected an object, got {json_type(ann)}")
         missing = [k for k in ("id", "image_id", "caption") if k not in ann]
         if missing:
             raise InputError(f"{where}: missing field(s) {missing}; available fields: {sorted(ann)}")
@@ -174,7 +166,7 @@ def _read_jsonl(path: str, keys: Tuple[str, str, Optional[str]]) -> Iterator[Tup
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: invalid JSON at column {e.colno}: {e.msg}") from None
         if not isinstance(entry, dict):
-            raise InputError(f"{where}: expected a JSON object, got {_json_type(entry)}")
+            raise InputError(f"{where}: expected a JSON object, got {json_type(entry)}")
         missing = [k for k in (caption_key, image_key, id_key) if k is not None and k not in entry]
         if missing:
             raise InputError(f"{where}: missing field(s) {missing}; available fields: {sorted(entry)} "
@@ -220,20 +212,20 @@ def read_captions(path: str, fmt: str = "auto", caption_key: str = "caption", im
 
 def output_row(row: CaptionRow, negatives: Sequence[Tuple[str, str]]) -> dict:
     """The output object of one caption; ``negatives`` are ``(type, text)`` pairs in output order."""
-    return {"id": row.caption_id, "image": row.image, "original": row.caption,
-            "enhanced": [text for _, text in negatives], "types": [t for t, _ in negatives]}
+    return {"id": row.caption_id, JSON_IMAGE: row.image, JSON_CAPTION: row.caption,
+            JSON_NEGATIVES: [text for _, text in negatives], JSON_TYPES: [t for t, _ in negatives]}
 
 
 def _check_output_row(where: str, obj) -> dict:
     if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object, got {_json_type(obj)}")
+        raise InputError(f"{where}: expected a JSON object, got {json_type(obj)}")
     missing = [k for k in _OUTPUT_KEYS if k not in obj]
     if missing:
         raise InputError(f"{where}: missing field(s) {missing}; this is not an output of "
                          f"python -m open_clip_align.negatives")
-    if not isinstance(obj["enhanced"], list) or not isinstance(obj["types"], list) \
-            or len(obj["enhanced"]) != len(obj["types"]):
-        raise InputError(f"{where}: 'enhanced' and 'types' must be lists of the same length")
+    if not isinstance(obj[JSON_NEGATIVES], list) or not isinstance(obj[JSON_TYPES], list) \
+            or len(obj[JSON_NEGATIVES]) != len(obj[JSON_TYPES]):
+        raise InputError(f"{where}: {JSON_NEGATIVES!r} and {JSON_TYPES!r} must be lists of the same length")
     return obj
 
 
@@ -298,7 +290,7 @@ class JsonlAppender:
         self._fsync = fsync
 
     def write(self, obj: dict) -> None:
-        self._file.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._file.write(jsonl_line(obj))
         self._file.flush()
         if self._fsync:
             os.fsync(self._file.fileno())
@@ -331,24 +323,8 @@ def read_output(path: str) -> List[dict]:
 # ----------------------------------------------------------------------------- converters
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``path`` via a temporary file in the same directory and a rename: readers never see half a file.
-    An OS error (a folder at ``path``, a read-only or missing place) raises InputError naming ``path``."""
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder; expected a file path to write")
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        os.makedirs(parent, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``path`` whole or not at all (``formats.write_atomic``); an OS error raises InputError naming it."""
+    formats.write_atomic(path, data, InputError)
 
 
 def _image_path(row: dict, template: str) -> str:
@@ -360,82 +336,37 @@ def _image_path(row: dict, template: str) -> str:
 
 
 def _to_csv(rows: List[dict], out: str, image_root: Optional[str], template: str) -> dict:
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(["filepath", "title", "neg_caption", "neg_types"])
+    cells = []
     for row in rows:
         path = _image_path(row, template)
-        writer.writerow([os.path.join(image_root, path) if image_root else path, row["original"],
-                         repr(list(row["enhanced"])), repr(list(row["types"]))])
-    write_atomic(out, buf.getvalue().encode("utf-8"))
+        cells.append(csv_row(os.path.join(image_root, path) if image_root else path, row[JSON_CAPTION],
+                             row[JSON_NEGATIVES], row[JSON_TYPES]))
+    write_tsv(out, cells, error=InputError)
     return {"rows": len(rows), "files": [out]}
 
 
 def _to_degla_json(rows: List[dict], out: str) -> dict:
-    write_atomic(out, json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8"))
+    write_degla_json(out, rows, error=InputError)
     return {"rows": len(rows), "files": [out]}
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _to_wds(rows: List[dict], out: str, image_root: str, template: str, shard_size: int) -> dict:
-    """Shards are built in a hidden sibling folder and moved into ``out`` once all are written, so a failure
-    leaves neither ``out`` nor some of its shards behind."""
-    stale = sorted(f for f in os.listdir(out) if re.fullmatch(r"shard-\d+\.tar", f)) if os.path.isdir(out) else []
-    if stale:
-        raise InputError(f"{out}: already holds shards ({', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}); "
-                         f"remove them or choose another output directory")
-    parent = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-")
-    except OSError as e:
-        raise InputError(f"{out}: cannot create the shard folder here ({e.strerror or e})") from None
-    try:
-        names = _write_shards(rows, stage, image_root, template, shard_size)
-        try:
-            os.makedirs(out, exist_ok=True)
-            for name in names:
-                os.replace(os.path.join(stage, name), os.path.join(out, name))
-        except OSError as e:
-            raise InputError(f"{out}: cannot move the shards into it ({e.strerror or e})") from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    files = [os.path.join(out, name) for name in names]
-    last = len(files) - 1
-    pattern = os.path.join(out, f"shard-{{000000..{last:06d}}}.tar" if last else "shard-000000.tar")
-    return {"rows": len(rows), "files": files, "train_data": pattern}
-
-
-def _write_shards(rows: List[dict], folder: str, image_root: str, template: str, shard_size: int) -> List[str]:
-    """Write the shards of ``rows`` into ``folder``; returns their file names."""
-    files = []
-    for start in range(0, len(rows), shard_size):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for index, row in enumerate(rows[start:start + shard_size], start):
-                path = os.path.join(image_root, _image_path(row, template))
-                ext = os.path.splitext(path)[1].lower().lstrip(".")
-                if ext not in _WDS_IMAGE_EXTS:
-                    raise InputError(f"row id {row['id']!r}: image {path!r} has extension {ext!r}; webdataset "
-                                     f"shards need one of {list(_WDS_IMAGE_EXTS)} (see --image-template)")
-                try:
-                    with open(path, "rb") as f:
-                        image = f.read()
-                except OSError as e:
-                    raise InputError(f"row id {row['id']!r}: cannot read image {path!r}: {e.strerror} "
-                                     f"(see --image-root/--image-template)") from None
-                key = f"{index:09d}"
-                _tar_member(tar, f"{key}.{ext}", image)
-                _tar_member(tar, f"{key}.txt", row["original"].encode("utf-8"))
-                _tar_member(tar, f"{key}.json", json.dumps(row, ensure_ascii=False).encode("utf-8"))
-        files.append(f"shard-{len(files):06d}.tar")
-        write_atomic(os.path.join(folder, files[-1]), buf.getvalue())
-    return files
+    """Shards of ``shard_size`` rows, KEY = the row's position; a failure leaves no shard behind."""
+    with ShardWriter(out, shard_size, error=InputError) as shards:
+        for index, row in enumerate(rows):
+            path = os.path.join(image_root, _image_path(row, template))
+            ext = os.path.splitext(path)[1].lower().lstrip(".")
+            if ext not in WDS_IMAGE_EXTS:
+                raise InputError(f"row id {row['id']!r}: image {path!r} has extension {ext!r}; webdataset "
+                                 f"shards need one of {list(WDS_IMAGE_EXTS)} (see --image-template)")
+            try:
+                with open(path, "rb") as f:
+                    image = f.read()
+            except OSError as e:
+                raise InputError(f"row id {row['id']!r}: cannot read image {path!r}: {e.strerror} "
+                                 f"(see --image-root/--image-template)") from None
+            shards.add(f"{index:09d}", wds_members(ext, image, row[JSON_CAPTION], row))
+    return {"rows": len(rows), "files": shards.files, "train_data": shards.pattern}
 
 
 def convert(jsonl: str, out: str, fmt: str, image_root: Optional[str] = None, image_template: str = "{}",

@@ -8,6 +8,11 @@ A model config is a JSON-able dict (training writes it into every checkpoint's `
      "lm_training": "frozen" | "full" | "lora", "lora": {"r": 64, "alpha": 64, "dropout": 0.0},
      "prompt": "A short caption:", "max_caption_tokens": 48}
 
+A SmolVLM / Idefics3 model config names a local directory instead of a tower and an LM (see ``smolvlm.py``)::
+
+    {"vlm": "smolvlm", "vlm_path": "/models/SmolVLM2-500M-Video-Instruct", "connector": "align" | "mlp",
+     "connector_kwargs": {}, "lm_training": ..., "lora": ..., "prompt": ..., "max_caption_tokens": ...}
+
 ``force_quick_gelu`` is the tower's activation choice: OpenAI (and other QuickGELU) weights under a GELU name such
 as ``ViT-B-16`` give other features, so ``None`` (not decided yet) switches to QuickGELU when the tag needs it,
 with one log line. Training records the decision (true/false), so that evaluation rebuilds the tower the
@@ -93,9 +98,10 @@ def _load_tower(name: str, pretrained: Optional[str], quick_gelu: bool) -> Tuple
 
 
 def apply_lora(lm: nn.Module, r: int, alpha: int, dropout: float = 0.0, adapter_dir: Optional[str] = None,
-               trainable: bool = True) -> nn.Module:
+               trainable: bool = True, task_type: Optional[str] = "CAUSAL_LM") -> nn.Module:
     """Wrap ``lm`` in PEFT LoRA adapters on every linear layer except the LM head (``target_modules=
-    "all-linear"``); with ``adapter_dir`` load saved adapters instead of fresh ones. Base weights are frozen."""
+    "all-linear"``); with ``adapter_dir`` load saved adapters instead of fresh ones. Base weights are frozen.
+    ``task_type=None`` wraps a bare decoder (a SmolVLM's text model, which has no LM head of its own)."""
     if importlib.util.find_spec("peft") is None:
         raise VLMConfigError("--lora needs the peft package (pip install peft==0.21.2); without --lora stage B "
                              "trains the full LM")
@@ -104,13 +110,14 @@ def apply_lora(lm: nn.Module, r: int, alpha: int, dropout: float = 0.0, adapter_
     if adapter_dir is not None:
         return PeftModel.from_pretrained(lm, adapter_dir, is_trainable=trainable)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
-                        task_type="CAUSAL_LM")
+                        task_type=task_type)
     return get_peft_model(lm, config)
 
 
 def build_model(config: dict, lm_dir: Optional[str] = None, lora_dir: Optional[str] = None,
                 trainable: bool = True) -> Tuple[AlignVLM, object, Callable]:
-    """``(model, tokenizer, preprocess)`` for a model config (module docstring), on CPU in fp32.
+    """``(model, tokenizer, preprocess)`` for a model config (module docstring), on CPU in fp32; for a SmolVLM
+    ``(SmolVLMCaptioner, processor, to_rgb)``.
 
     ``lm_dir`` replaces ``config["lm"]`` (a checkpoint's fully trained LM); ``lora_dir`` loads saved LoRA
     adapters. The LM is frozen for ``lm_training="frozen"``; with ``"lora"`` only the adapters train.
@@ -120,6 +127,10 @@ def build_model(config: dict, lm_dir: Optional[str] = None, lora_dir: Optional[s
     mode = config.get("lm_training", "frozen")
     if mode not in LM_TRAINING:
         raise VLMConfigError(f"lm_training must be one of {LM_TRAINING}, got {mode!r}")
+    if config.get("vlm") == "smolvlm":
+        from .smolvlm import build_smolvlm
+
+        return build_smolvlm(config, lm_dir=lm_dir, lora_dir=lora_dir, trainable=trainable)
     quick = tower_quick_gelu(config["model"], config.get("pretrained"), config.get("force_quick_gelu"))
     visual, preprocess = _load_tower(config["model"], config.get("pretrained"), quick)
     lm, tokenizer = load_lm(lm_dir or config["lm"])

@@ -3,9 +3,9 @@
 * ``csv``: a CSV/TSV file with an image-path column and a caption column (open_clip's ``--csv-img-key``,
   ``--csv-caption-key``, ``--csv-separator``; default TAB, ``filepath``, ``title``), paths relative to
   ``--image-root`` (default: the file's folder). Every row is validated before training starts.
-* ``wds``: webdataset shards (brace patterns, ``::``-separated lists) whose samples have an image member
-  (png/jpg/jpeg/webp) and a ``.txt`` caption. Samples per epoch come from ``--train-num-samples`` or the
-  ``sizes.json`` next to the shards.
+* ``wds``: webdataset shards (brace patterns, ``::``-separated lists, or a folder of ``shard-*.tar`` as
+  ``vlm.prepare`` writes) whose samples have an image member (png/jpg/jpeg/webp) and a ``.txt`` caption. Samples
+  per epoch come from ``--train-num-samples`` or the ``sizes.json`` next to the shards.
 
 Batches are dicts: ``images [B, 3, H, W]`` and ``input_ids``, ``attention_mask``, ``visual_mask``, ``labels``
 ``[B, L]`` (the captions are tokenised in the DataLoader workers). Both loaders are deterministic functions of
@@ -40,6 +40,7 @@ __all__ = [
     "CaptionTableLoader",
     "check_shards",
     "read_caption_table",
+    "shard_folder",
     "shard_sample_count",
 ]
 
@@ -195,9 +196,16 @@ class CaptionTableLoader:
 
 
 # ----------------------------------------------------------------------------------------------- webdataset
+def shard_folder(path: str) -> bool:
+    """Whether ``path`` is a folder holding webdataset shards (``shard-*.tar``)."""
+    return os.path.isdir(path) and any(Path(path).glob("shard-*.tar"))
+
+
 def _expand(spec: str) -> List[str]:
     import braceexpand
 
+    if shard_folder(spec):
+        return sorted(str(p) for p in Path(spec).glob("shard-*.tar"))
     return [url for part in spec.split("::") for url in braceexpand.braceexpand(part)]
 
 

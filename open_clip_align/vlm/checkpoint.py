@@ -3,16 +3,19 @@
 Layout of one checkpoint (``<logs>/<name>/checkpoints/step_00000100/``)::
 
     run_config.json     {"model": <model config, see build.py>, "training": <flags>, "step": N}
-    connector/          alignvlm_connector.pt + .json (AlignVLM.save_connector)
+    connector/          alignvlm_connector.pt + .json (save_connector; for a SmolVLM its replaced projection)
     vision_tower.pt     only when the tower has no pretrained weights (a random tower cannot be rebuilt by name)
-    lm/                 only when the full LM was trained: save_pretrained weights + tokenizer (loadable as --lm)
+    lm/                 only when the full LM was trained: save_pretrained weights + tokenizer (loadable as --lm);
+                        for a SmolVLM the trained text model + LM head (model.safetensors)
     lora/               only for LoRA: the PEFT adapters (adapter_config.json + adapter_model.safetensors)
     trainer_state.pt    optimizer, scheduler, grad scaler, step, RNG states (for --resume)
 
 A pretrained vision tower and a frozen LM are rebuilt from the names in ``run_config.json`` (``tiny-llama`` is
-seeded, so it rebuilds identically); the tower with the recorded activation (``force_quick_gelu``), so the
-connector sees the features it was trained on. A checkpoint is written to
-``step_N.tmp`` and renamed into place, so a crash never leaves a half-written ``step_N``.
+seeded, so it rebuilds identically; a SmolVLM from its ``vlm_path``); the tower with the recorded activation
+(``force_quick_gelu``), so the connector sees the features it was trained on. A checkpoint is written to
+``step_N.tmp``, every file and folder in it is fsync'd, and it is renamed into place (then the parent folder is
+fsync'd), so a crash or kill never leaves a half-written ``step_N``. :func:`verify_checkpoint` reads every file
+of a checkpoint back, so ``--resume latest`` can pass over one that does not load.
 """
 import json
 import os
@@ -22,9 +25,10 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
+from ..checkpoints import fsync_path
 from ..errors import UserError
 from .build import build_model
-from .model import AlignVLM, ConnectorFileError, load_state_file, state_dict_mismatch
+from .model import CONNECTOR_WEIGHTS_NAME, AlignVLM, ConnectorFileError, load_state_file, state_dict_mismatch
 
 __all__ = [
     "CheckpointError",
@@ -40,6 +44,7 @@ __all__ = [
     "resolve_checkpoint",
     "save_checkpoint",
     "trained_lm_dirs",
+    "verify_checkpoint",
 ]
 
 RUN_CONFIG = "run_config.json"
@@ -57,29 +62,49 @@ def checkpoint_path(run_dir: PathLike, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every folder (deepest first), under ``root`` and ``root`` itself."""
+    folders = [root]
+    for path in root.rglob("*"):
+        if path.is_dir():
+            folders.append(path)
+        else:
+            fsync_path(path)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_path(folder)
+
+
 def save_checkpoint(directory: PathLike, model: AlignVLM, tokenizer, run_config: dict,
                     trainer_state: Optional[dict] = None) -> Path:
-    """Write a checkpoint (module docstring) to ``directory`` via ``<directory>.tmp`` and a rename."""
+    """Write a checkpoint (module docstring) to ``directory`` atomically: into ``<directory>.tmp``, fsync'd, then
+    renamed into place. A checkpoint of the same step that already exists is replaced only after the new one is
+    complete."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model.save_connector(tmp / CONNECTOR_DIR)
-    if run_config["model"].get("pretrained") is None:
+    if run_config["model"].get("vlm") is None and run_config["model"].get("pretrained") is None:
         torch.save({k: v.detach().cpu() for k, v in model.visual.state_dict().items()}, tmp / TOWER_WEIGHTS)
     mode = run_config["model"].get("lm_training", "frozen")
     if mode == "full":
-        model.lm.save_pretrained(tmp / LM_DIR)
-        tokenizer.save_pretrained(tmp / LM_DIR)
+        model.save_trained_lm(tmp / LM_DIR, tokenizer)
     elif mode == "lora":
         model.lm.save_pretrained(tmp / LORA_DIR)
     (tmp / RUN_CONFIG).write_text(json.dumps(run_config, indent=2, sort_keys=True))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
+    _fsync_tree(tmp)
+    old = final.with_name(final.name + ".old")
     if final.exists():
-        shutil.rmtree(final)
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
     os.replace(tmp, final)
+    fsync_path(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
     return final
 
 
@@ -88,7 +113,7 @@ def list_checkpoints(run_dir: PathLike) -> List[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if not p.name.endswith(".tmp") and (p / RUN_CONFIG).is_file()]
+    found = [p for p in root.glob("step_*") if p.name.split("_")[1].isdigit() and (p / RUN_CONFIG).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
@@ -125,7 +150,8 @@ def read_run_config(directory: PathLike) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the run config ({err})") from None
     model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("model"), str) or not model.get("lm"):
+    smolvlm = isinstance(model, dict) and model.get("vlm") == "smolvlm" and isinstance(model.get("vlm_path"), str)
+    if not smolvlm and (not isinstance(model, dict) or not isinstance(model.get("model"), str) or not model.get("lm")):
         raise CheckpointError(f"{path}: not an AlignVLM run config (expected {{\"model\": {{\"model\": ..., "
                               f"\"lm\": ...}}, \"training\": ...}})")
     return config
@@ -172,6 +198,34 @@ def load_trainer_state(directory: PathLike) -> dict:
     keys = ("step", "optimizer", "scheduler", "scaler", "rng")
     if not isinstance(state, dict) or any(k not in state for k in keys):
         raise CheckpointError(f"{path}: not an AlignVLM trainer state (expected a dict with {', '.join(keys)})")
+    return state
+
+
+def verify_checkpoint(directory: PathLike) -> dict:
+    """Read every file of a checkpoint back (run config, trainer state, connector and tower weights, the headers of
+    the trained LM / LoRA safetensors) and return its trainer state; :class:`CheckpointError` naming the first
+    file that does not load (a torn or truncated write)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    read_run_config(directory)
+    state = load_trainer_state(directory)
+    try:
+        kind = AlignVLM.read_connector_config(directory / CONNECTOR_DIR)["connector_type"]
+        load_state_file(directory / CONNECTOR_DIR / CONNECTOR_WEIGHTS_NAME,
+                        f"the weights of an AlignVLM {kind} connector")
+        if (directory / TOWER_WEIGHTS).is_file():
+            load_state_file(directory / TOWER_WEIGHTS, "the weights of an AlignVLM vision tower")
+    except ConnectorFileError as err:
+        raise CheckpointError(str(err)) from None
+    for path in [*sorted((directory / LM_DIR).glob("*.safetensors")),
+                 *sorted((directory / LORA_DIR).glob("*.safetensors"))]:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error types for a torn header or short file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({str(err).strip().splitlines()[0]})") \
+                from None
     return state
 
 

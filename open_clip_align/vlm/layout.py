@@ -2,6 +2,7 @@
 
     training   (right-padded):  [BOS] visual(N') prompt caption [EOS] pad ...
     generation (left-padded):   pad ... [BOS] visual(N') prompt
+    few-shot   (left-padded):   pad ... [BOS] {visual(N') prompt caption_i [EOS]} x k  visual(N') prompt
 
 Visual positions hold the pad id in ``input_ids`` and are marked in ``visual_mask``; the model scatters the
 connector output into them. Everything here is token ids, so it runs in DataLoader workers (collate) as well
@@ -12,9 +13,10 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "SequenceLayout", "special_token_id"]
+__all__ = ["DEFAULT_PROMPT", "IGNORE_INDEX", "SequenceLayout", "special_token_id"]
 
 IGNORE_INDEX = -100
+DEFAULT_PROMPT = "A short caption:"     # the one fixed prompt of training and evaluation (spec §4)
 
 
 def special_token_id(tokenizer, lm_config, name: str) -> Optional[int]:
@@ -49,14 +51,25 @@ class SequenceLayout:
     def _encode(tokenizer, text: str) -> List[int]:
         return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
+    def _caption_ids(self, tokenizer, caption: str, after_prompt: bool) -> List[int]:
+        if caption and self.caption_sep and after_prompt and not caption[0].isspace():
+            caption = self.caption_sep + caption
+        ids = self._encode(tokenizer, caption)
+        if self.max_caption_tokens is not None:
+            ids = ids[:self.max_caption_tokens]
+        return ids + [self.eos]
+
     def encode(self, tokenizer, prompts: Sequence[str], captions: Optional[Sequence[str]] = None,
-               padding_side: Optional[str] = None) -> Dict[str, torch.Tensor]:
+               padding_side: Optional[str] = None,
+               shots: Optional[Sequence[Sequence[str]]] = None) -> Dict[str, torch.Tensor]:
         """Token layout for a batch.
 
+        ``shots`` (optional, k captions per row): k in-context examples ``visual prompt caption EOS`` between the
+        BOS and the row's own ``visual prompt``; the row then has (k+1)·N' visual positions, in image order.
         ``padding_side`` defaults to ``"right"`` with captions (training) and ``"left"`` without (generation).
         Returns ``input_ids [B, L]`` (pad id at visual and padding positions), ``attention_mask [B, L]`` (long),
-        ``visual_mask [B, L]`` (bool, exactly ``n_visual`` per row) and, with captions, ``labels [B, L]``
-        (``-100`` except the caption tokens and EOS).
+        ``visual_mask [B, L]`` (bool, exactly ``n_visual`` per row; (k+1)·``n_visual`` with shots) and, with
+        captions, ``labels [B, L]`` (``-100`` except the caption tokens and EOS).
         """
         prompts = list(prompts)
         b = len(prompts)
@@ -70,21 +83,24 @@ class SequenceLayout:
             padding_side = "right" if captions is not None else "left"
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if shots is not None and len(shots) != b:
+            raise ValueError(f"{len(shots)} rows of few-shot captions for {b} prompts")
+        if shots is not None and any(shots) and self.eos is None:
+            raise ValueError("few-shot examples need an EOS token id (tokenizer.eos_token_id or lm.config)")
         rows = []                                          # per sample: (ids, is_visual, labels)
         for i in range(b):
             prefix = [self.bos] if self.bos is not None else []
             prompt_ids = self._encode(tokenizer, prompts[i])
-            ids = prefix + [self.pad] * self.n_visual + prompt_ids
-            vis = [False] * len(prefix) + [True] * self.n_visual + [False] * len(prompt_ids)
+            ids, vis = list(prefix), [False] * len(prefix)
+            for shot in (shots[i] if shots is not None else ()):
+                shot_ids = prompt_ids + self._caption_ids(tokenizer, shot, bool(prompt_ids))
+                ids += [self.pad] * self.n_visual + shot_ids
+                vis += [True] * self.n_visual + [False] * len(shot_ids)
+            ids += [self.pad] * self.n_visual + prompt_ids
+            vis += [True] * self.n_visual + [False] * len(prompt_ids)
             labels = [IGNORE_INDEX] * len(ids)
             if captions is not None:
-                cap = captions[i]
-                if cap and self.caption_sep and prompt_ids and not cap[0].isspace():
-                    cap = self.caption_sep + cap
-                cap_ids = self._encode(tokenizer, cap)
-                if self.max_caption_tokens is not None:
-                    cap_ids = cap_ids[:self.max_caption_tokens]
-                cap_ids = cap_ids + [self.eos]
+                cap_ids = self._caption_ids(tokenizer, captions[i], bool(prompt_ids))
                 ids += cap_ids
                 vis += [False] * len(cap_ids)
                 labels += cap_ids

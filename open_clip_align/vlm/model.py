@@ -104,7 +104,69 @@ def patch_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return _drop_prefix(tokens)
 
 
-class AlignVLM(nn.Module):
+class ConnectorFiles:
+    """Save and load a model's trained connector (``self.connector``) as ``alignvlm_connector.pt`` + ``.json``.
+
+    The model provides ``connector`` (the module whose weights are saved) and ``connector_config()`` (the settings
+    that identify it: type, dims, what it plugs into); the tower and the LM are referenced, never saved here.
+    """
+
+    def save_connector(self, directory: Union[str, os.PathLike]) -> str:
+        """Write the connector weights (``alignvlm_connector.pt``) and its settings JSON to ``directory``.
+        The tower and the LM are referenced by name, not saved. Returns the directory."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.connector.state_dict().items()}
+        torch.save(state, os.path.join(directory, CONNECTOR_WEIGHTS_NAME))
+        with open(os.path.join(directory, CONNECTOR_CONFIG_NAME), "w") as f:
+            json.dump(self.connector_config(), f, indent=2, sort_keys=True)
+        return directory
+
+    @staticmethod
+    def read_connector_config(directory: Union[str, os.PathLike]) -> dict:
+        """The settings JSON of a connector folder; :class:`ConnectorFileError` naming the file when it is missing
+        or is not such a file."""
+        path = os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except FileNotFoundError:
+            raise ConnectorFileError(f"{path}: not found; a connector folder (AlignVLM.save_connector) holds "
+                                     f"{CONNECTOR_CONFIG_NAME} and {CONNECTOR_WEIGHTS_NAME}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ConnectorFileError(f"{path}: not an AlignVLM connector settings file (not JSON: {err})") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("connector_type"), str):
+            raise ConnectorFileError(f"{path}: not an AlignVLM connector settings file (no connector_type)")
+        return cfg
+
+    def load_connector(self, directory: Union[str, os.PathLike], strict: bool = True) -> dict:
+        """Load connector weights saved by :meth:`save_connector` into this model's connector.
+
+        Checks that the connector type and dims match and, with ``strict``, that the weights file holds exactly
+        this connector's tensors with their shapes; a mismatch, a missing, truncated or foreign file raises
+        :class:`ConnectorFileError` naming the file. Restores a saved ``vocab_subset``. Returns the settings.
+        """
+        cfg = self.read_connector_config(directory)
+        cfg_path = os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)
+        mine = self.connector_config()
+        for key in ("connector_type", "vision_dim", "lm_hidden", "vocab_size"):
+            if cfg.get(key) != mine.get(key):
+                raise ConnectorFileError(f"{cfg_path}: saved connector {key}={cfg.get(key)!r} does not match this "
+                                         f"model's {mine.get(key)!r} (a connector of another tower, LM or type)")
+        path = os.path.join(os.fspath(directory), CONNECTOR_WEIGHTS_NAME)
+        state = load_state_file(path, f"the weights of an AlignVLM {cfg['connector_type']} connector")
+        if strict:
+            problem = state_dict_mismatch(state, self.connector.state_dict())
+            if problem:
+                raise ConnectorFileError(f"{path}: not the weights of the {cfg['connector_type']} connector that "
+                                         f"{CONNECTOR_CONFIG_NAME} describes ({problem})")
+        self.connector.load_state_dict(state, strict=strict)
+        if isinstance(self.connector, AlignConnector):
+            self.connector.set_vocab_subset(cfg.get("vocab_subset"))
+        return cfg
+
+
+class AlignVLM(ConnectorFiles, nn.Module):
     """Vision tower -> connector -> causal LM (prefix of visual tokens, plain concatenation).
 
     Args:
@@ -263,12 +325,19 @@ class AlignVLM(nn.Module):
         return self.layout(tokenizer).encode(tokenizer, prompts, captions, padding_side)
 
     def embed_inputs(self, images: torch.Tensor, input_ids: torch.Tensor, visual_mask: torch.Tensor,
-                     feature_noise: Optional[FeatureTransform] = None, return_probs: bool = False):
+                     feature_noise: Optional[FeatureTransform] = None, return_probs: bool = False,
+                     images_per_row: int = 1):
         """``inputs_embeds [B, L, D]``: text rows from the LM's input embeddings, visual rows (``visual_mask``,
-        exactly N' per row) from the connector. ``return_probs=True`` also returns the connector's P."""
-        if images.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {input_ids.shape[0]} token rows")
-        visual, probs = self.embed_images(images, feature_noise, return_probs=True)      # [B, N', D]
+        exactly k·N' per row) from the connector. ``images [B·k, 3, H, W]`` hold row ``b``'s k images at
+        ``b·k .. b·k+k-1`` in the order of its visual blocks (``k = images_per_row``: few-shot examples first, then
+        the image to caption). ``return_probs=True`` also returns the connector's P."""
+        k = images_per_row
+        if images.shape[0] != input_ids.shape[0] * k:
+            rows = f"{input_ids.shape[0]} token rows" + (f" x {k} images per row" if k > 1 else "")
+            raise ValueError(f"{images.shape[0]} images but {rows}")
+        visual, probs = self.embed_images(images, feature_noise, return_probs=True)      # [B·k, N', D]
+        if k > 1:
+            visual = visual.reshape(input_ids.shape[0], k * visual.shape[1], visual.shape[2])
         counts = visual_mask.sum(dim=1)
         if not bool((counts == visual.shape[1]).all()):
             raise ValueError(f"visual_mask marks {counts.tolist()} positions per row, but the connector gives "
@@ -307,9 +376,26 @@ class AlignVLM(nn.Module):
         embeds, probs = self.embed_inputs(images, input_ids, visual_mask, return_probs=True)
         device = embeds.device
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask.to(device),
-                      labels=None if labels is None else labels.to(device))
+                      labels=None if labels is None else labels.to(device), use_cache=False)
         result = out if return_outputs else out.loss
         return (result, probs) if return_probs else result
+
+    def training_collate(self, tokenizer, prompt: str, max_caption_tokens: Optional[int] = None):
+        """The DataLoader collate of this model: ``[(image [3,H,W], caption), ...]`` -> the :meth:`forward`
+        keyword batch (``images``, ``input_ids``, ``attention_mask``, ``visual_mask``, ``labels``)."""
+        from .caption_data import CaptionBatcher
+
+        return CaptionBatcher(self.layout(tokenizer, max_caption_tokens), tokenizer, prompt)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LM's layer activations in the backward pass (non-reentrant, so a frozen LM still passes
+        gradients to the connector)."""
+        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    def save_trained_lm(self, directory: Union[str, os.PathLike], tokenizer) -> None:
+        """A fully trained LM as a Hugging Face directory (weights + tokenizer, loadable as ``--lm``)."""
+        self.lm.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
 
     def caption_loss(self, images: torch.Tensor, prompts: Sequence[str], captions: Sequence[str], tokenizer,
                      return_outputs: bool = False):
@@ -320,18 +406,28 @@ class AlignVLM(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: Sequence[str], tokenizer, max_new_tokens: int = 20,
                  num_beams: int = 1, return_ids: bool = False, feature_noise: Optional[FeatureTransform] = None,
+                 shot_images: Optional[torch.Tensor] = None, shot_captions: Optional[Sequence[Sequence[str]]] = None,
                  **gen_kwargs) -> Union[List[str], torch.Tensor]:
         """Greedy (``num_beams=1``) or beam-search captions from left-padded ``[pad.., BOS, visual, prompt]``.
 
-        Decodes only the new tokens (cut at the first EOS). ``return_ids=True`` returns the new-token id
-        tensor ``[B, T]`` from ``lm.generate`` instead. ``feature_noise`` is applied to the tower features
-        (see :meth:`embed_images`). Extra ``gen_kwargs`` go to ``lm.generate``.
+        Few-shot: ``shot_images [B, k, 3, H, W]`` and ``shot_captions`` (k per row) put k in-context examples
+        ``visual prompt caption EOS`` before each row's image (:meth:`SequenceLayout.encode`). Decodes only the
+        new tokens (cut at the first EOS). ``return_ids=True`` returns the new-token id tensor ``[B, T]`` from
+        ``lm.generate`` instead. ``feature_noise`` is applied to the tower features (see :meth:`embed_images`).
+        Extra ``gen_kwargs`` go to ``lm.generate``.
         """
         if images.shape[0] != len(prompts):
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        k = 0 if shot_images is None else int(shot_images.shape[1])
+        if (shot_captions is None) != (shot_images is None) or \
+                (k and [len(c) for c in shot_captions] != [k] * len(prompts)):
+            raise ValueError("few-shot generation needs shot_images [B, k, 3, H, W] and k shot_captions per row")
         layout = self.layout(tokenizer)
-        batch = layout.encode(tokenizer, prompts, None, padding_side="left")
-        embeds = self.embed_inputs(images, batch["input_ids"], batch["visual_mask"], feature_noise)
+        batch = layout.encode(tokenizer, prompts, None, padding_side="left", shots=shot_captions)
+        if k:
+            images = torch.cat([shot_images, images.unsqueeze(1)], dim=1).flatten(0, 1)
+        embeds = self.embed_inputs(images, batch["input_ids"], batch["visual_mask"], feature_noise,
+                                   images_per_row=k + 1)
         eos = layout.eos
         kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                       eos_token_id=eos, pad_token_id=layout.pad)
@@ -372,60 +468,6 @@ class AlignVLM(nn.Module):
         elif isinstance(c, MLPConnector):
             cfg["connector_kwargs"] = {"reduction": c.reduction, "reduction_factor": c.reduction_factor,
                                        "hidden": c.fc1.out_features, "bias": c.fc1.bias is not None}
-        return cfg
-
-    def save_connector(self, directory: Union[str, os.PathLike]) -> str:
-        """Write the connector weights (``alignvlm_connector.pt``) and its settings JSON to ``directory``.
-        The tower and the LM are referenced by name, not saved. Returns the directory."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.connector.state_dict().items()}
-        torch.save(state, os.path.join(directory, CONNECTOR_WEIGHTS_NAME))
-        with open(os.path.join(directory, CONNECTOR_CONFIG_NAME), "w") as f:
-            json.dump(self.connector_config(), f, indent=2, sort_keys=True)
-        return directory
-
-    @staticmethod
-    def read_connector_config(directory: Union[str, os.PathLike]) -> dict:
-        """The settings JSON of a connector folder; :class:`ConnectorFileError` naming the file when it is missing
-        or is not such a file."""
-        path = os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)
-        try:
-            with open(path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except FileNotFoundError:
-            raise ConnectorFileError(f"{path}: not found; a connector folder (AlignVLM.save_connector) holds "
-                                     f"{CONNECTOR_CONFIG_NAME} and {CONNECTOR_WEIGHTS_NAME}") from None
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise ConnectorFileError(f"{path}: not an AlignVLM connector settings file (not JSON: {err})") from None
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("connector_type"), str):
-            raise ConnectorFileError(f"{path}: not an AlignVLM connector settings file (no connector_type)")
-        return cfg
-
-    def load_connector(self, directory: Union[str, os.PathLike], strict: bool = True) -> dict:
-        """Load connector weights saved by :meth:`save_connector` into this model's connector.
-
-        Checks that the connector type and dims match and, with ``strict``, that the weights file holds exactly
-        this connector's tensors with their shapes; a mismatch, a missing, truncated or foreign file raises
-        :class:`ConnectorFileError` naming the file. Restores a saved ``vocab_subset``. Returns the settings.
-        """
-        cfg = self.read_connector_config(directory)
-        cfg_path = os.path.join(os.fspath(directory), CONNECTOR_CONFIG_NAME)
-        mine = self.connector_config()
-        for key in ("connector_type", "vision_dim", "lm_hidden", "vocab_size"):
-            if cfg.get(key) != mine.get(key):
-                raise ConnectorFileError(f"{cfg_path}: saved connector {key}={cfg.get(key)!r} does not match this "
-                                         f"model's {mine.get(key)!r} (a connector of another tower, LM or type)")
-        path = os.path.join(os.fspath(directory), CONNECTOR_WEIGHTS_NAME)
-        state = load_state_file(path, f"the weights of an AlignVLM {cfg['connector_type']} connector")
-        if strict:
-            problem = state_dict_mismatch(state, self.connector.state_dict())
-            if problem:
-                raise ConnectorFileError(f"{path}: not the weights of the {cfg['connector_type']} connector that "
-                                         f"{CONNECTOR_CONFIG_NAME} describes ({problem})")
-        self.connector.load_state_dict(state, strict=strict)
-        if isinstance(self.connector, AlignConnector):
-            self.connector.set_vocab_subset(cfg.get("vocab_subset"))
         return cfg
 
     @classmethod

@@ -28,7 +28,7 @@ from ..cli_checks import console_logging
 from ..errors import run_cli
 from ..eval.report import write_results
 from ..models.activation import activation_name
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint, read_run_config, resolve_checkpoint
 from .evaluate import (EvalError, METRIC_NAMES, check_args, decoding_settings, device_for, generate_captions,
                        load_images, metrics_table, read_karpathy, score_captions, write_text)
 
@@ -166,6 +166,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     device = device_for(args.device)
     paths, names, refs = read_karpathy(args.data, args.image_root, args.limit)
     resolved = [(label, resolve_checkpoint(path)) for label, path in checkpoints]
+    for label, path in resolved:
+        if read_run_config(path)["model"].get("vlm") is not None:
+            raise EvalError(f"--checkpoint {label}={path}: a SmolVLM checkpoint; the noise evaluation adds noise to "
+                            "open_clip tower features (--vlm open_clip checkpoints) only")
     start = time.perf_counter()
     results = {}
     for label, path in resolved:
