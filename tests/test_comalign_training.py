@@ -368,6 +368,33 @@ def test_feature_dataset_refuses_images_without_captions():
         ComAlignFeatureDataset(arrays, where="x.h5")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_indexed_and_an_old_store_give_identical_batches(shapes, tmp_path, workers):
+    """The same store with its row index (rows read from the memory-mapped file, per worker) and without it (the
+    layout of earlier versions, loaded whole): the same batches, bit for bit, over two epochs."""
+    import h5py
+    import shutil
+    from open_clip_align.comalign.store import INDEX_GROUP, StoredRows
+
+    old = shutil.copy(shapes / "store.h5", tmp_path / "old.h5")
+    with h5py.File(old, "a") as f:
+        del f[INDEX_GROUP]
+    loaders = [get_comalign_train_data(_data_args("--comalign-data", "features", "--train-data", str(path),
+                                                  "--comalign-max-captions", "2", "--workers", str(workers)),
+                                       None, None) for path in (shapes / "store.h5", old)]
+    indexed, loaded = (data.dataloader.dataset.arrays for data in loaders)
+    assert isinstance(indexed["entity"], StoredRows) and isinstance(loaded["entity"], torch.Tensor)
+    for epoch in (0, 1):
+        for data in loaders:
+            data.set_epoch(epoch)
+        batches = [list(data.dataloader) for data in loaders]
+        assert len(batches[0]) == len(batches[1]) == 2
+        for (images_a, texts_a), (images_b, texts_b) in zip(*batches):
+            assert images_a.shape == (4, NE + NR + 1, images_a.shape[-1]) and texts_a.shape[1] == 1 + NE + NR
+            assert torch.equal(images_a, images_b) and torch.equal(texts_a, texts_b)
+            assert images_a.abs().sum() > 0 and texts_a.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------------------- training
 
 @pytest.fixture(autouse=True)

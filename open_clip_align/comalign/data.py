@@ -6,7 +6,9 @@ caption per image per epoch (drawn from (seed, epoch, image), so a resumed run s
 * ``features`` (fast path): ``--train-data`` is a component store from ``python -m
   open_clip_align.comalign.embed``. images ``[B, Ne+Nr+1, d]`` (entity views, relation views, the unnormalised
   global), texts ``[B, 1+Ne+Nr, d]`` (caption, entity phrases, relation phrases); pads are zero rows. No image
-  is decoded and no encoder runs: exact, since the encoders are frozen.
+  is decoded and no encoder runs: exact, since the encoders are frozen. With the store's row index each sample's
+  rows are read from the file when asked for (nothing is loaded up front; each worker opens the file itself); a
+  store without one is loaded whole first (``python -m open_clip_align.comalign.store index`` builds the index).
 * ``images``: ``--train-data`` is a caption file (COCO captions JSON, Karpathy JSON, CSV/TSV). Per sample the
   boxes (``--comalign-boxes``) become views, the caption's spaCy components become token rows: images
   ``[B, Ne+Nr+1, 3, H, W]`` (all-zero pixels = pad), texts ``[B, 1+Ne+Nr, L]`` (all-zero rows = pad).
@@ -41,7 +43,9 @@ def _check_rows(n_captions: Sequence[int], where: str) -> None:
 
 
 class ComAlignFeatureDataset(Dataset):
-    """Images of a component store; item -> (image slots [Ne+Nr+1, d], text slots [1+Ne+Nr, d]) float32."""
+    """Images of a component store; item -> (image slots [Ne+Nr+1, d], text slots [1+Ne+Nr, d]) float32.
+
+    ``arrays``: ``ComponentStore.load_arrays()`` (in memory) or ``ComponentStore.rows()`` (read on access)."""
 
     def __init__(self, arrays: dict, seed: int = 0, epoch: int = 0, where: str = "component store"):
         self.arrays, self.seed = arrays, seed
@@ -126,7 +130,13 @@ def _feature_dataset(args, epoch: int) -> ComAlignFeatureDataset:
                                     f"--model {args.model} has {n_entity} / {n_relation}")
         logging.info(f"ComAlign features from {args.train_data}: model {attrs.get('model')} "
                      f"({attrs.get('pretrained')}), boxes {attrs.get('box_provider')}, render {attrs.get('render_mode')}")
-        arrays = store.load_arrays(max_captions=args.comalign_max_captions)
+        if store.indexed:  # rows read from the file when a batch asks for them
+            arrays = store.rows(max_captions=args.comalign_max_captions)
+        else:
+            logging.warning(f"{args.train_data} has no row index: loading all of it into memory first (slow for a "
+                            f"large store); python -m open_clip_align.comalign.store index {args.train_data} "
+                            f"builds the index once")
+            arrays = store.load_arrays(max_captions=args.comalign_max_captions)
     if not arrays["image_ids"]:
         raise ComAlignDataError(f"{args.train_data}: the store holds no complete image")
     return ComAlignFeatureDataset(arrays, seed=args.seed, epoch=epoch, where=str(args.train_data))
