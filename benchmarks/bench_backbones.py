@@ -34,7 +34,7 @@ import open_clip  # noqa: E402
 from open_clip.loss import ClipLoss, CoCaLoss, SigLipLoss  # noqa: E402
 
 import open_clip_align  # noqa: E402,F401
-from open_clip_align import lora  # noqa: E402
+from open_clip_align.models import lora  # noqa: E402
 from open_clip_align.losses import DeGLALoss, NegCLIPLoss, SigmoidDeGLALoss, SigmoidNegCLIPLoss  # noqa: E402
 from open_clip_align.models import ema, enable_hardneg, make_teacher  # noqa: E402
 from open_clip_align.models.tiny_hf import register_tiny_hf_clip  # noqa: E402

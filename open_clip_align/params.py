@@ -9,6 +9,7 @@ import argparse
 
 from .eval.during_training import add_val_arguments
 from .methods import add_method_arguments
+from .models.setup import add_model_setup_arguments
 
 HARDNEG_FORMATS = ("none", "csv", "degla-json", "jsonl", "wds", "ceclip-npy")
 
@@ -78,6 +79,7 @@ def add_plugin_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="degla-json/jsonl: format string turning the image field into a path under --hardneg-image-root; "
              "e.g. 'train2014/COCO_train2014_{:012d}.jpg' for DeGLA's integer COCO ids.")
 
+    add_model_setup_arguments(parser)  # LoRA, the sigmoid form (models/setup.py)
     add_method_arguments(parser)
     add_val_arguments(parser)  # --val-benchmark, --save-best (eval/during_training.py)
     return parser

@@ -20,12 +20,12 @@ import open_clip
 import open_clip.factory as oc_factory
 import torch
 
-from . import checkpoints, flag_rules, lora
+from . import checkpoints, flag_rules
 from .errors import UsageError
 from .eval import during_training  # --val-benchmark: flag checks, data marker, evaluate wrapper
 from .methods import get_method, list_methods, method_flag_owner
-from .model_setup import add_model_setup_arguments, check_run, prepare_model, pretrained_mismatch
-from .models import HardNegMixin, ema, get_arch, plugin_block
+from .models.setup import check_run, prepare_model, pretrained_mismatch
+from .models import HardNegMixin, ema, get_arch, lora, plugin_block
 from .models.activation import needs_quickgelu, quickgelu_advice
 from .models.factory import pretrained_problem, unreadable_checkpoint
 from .params import add_plugin_args, build_preparser
@@ -40,7 +40,6 @@ def _print_plugin_help() -> None:
         description="open_clip_train's training loop with open_clip_align's flags (listed first); "
                     "all of open_clip_train's own flags follow.")
     add_plugin_args(parser)
-    add_model_setup_arguments(parser)
     parser.print_help()
     print()
 
@@ -68,16 +67,14 @@ def _builds_clip_class(args) -> bool:
 
 
 def _preparser() -> argparse.ArgumentParser:
-    """Our flags: the plugin's (``params``) and the model set-up's (``model_setup``: LoRA, the sigmoid form)."""
     pre = build_preparser()
-    add_model_setup_arguments(pre)
     pre.prog = "training.main"
     return pre
 
 
 def _check_run(pre: argparse.ArgumentParser, ours: argparse.Namespace, args: argparse.Namespace) -> None:
     """Refuse, in one line each, what a run cannot honour: non-finite numbers, non-positive counts, a method's
-    flags given to another method, the model set-up's flags (``model_setup.check_run``: LoRA, the sigmoid form, a
+    flags given to another method, the model set-up's flags (``models.setup.check_run``: LoRA, the sigmoid form, a
     family the method cannot serve), the method's own rules, open_clip_train flags it ignores (``flag_rules``), a
     GELU model with QuickGELU weights, a pretrained value that is neither a file nor a tag, a run folder in use."""
     method = get_method(args.loss)
@@ -163,7 +160,7 @@ def _plugin_models(predicate) -> str:
 
 
 def _prepare_model(model, args, state) -> None:
-    """Give the method what its ``ModelNeeds`` ask for (``model_setup.prepare_model``: hard negatives and an EMA
+    """Give the method what its ``ModelNeeds`` ask for (``models.setup.prepare_model``: hard negatives and an EMA
     teacher on any CLIP/CustomTextCLIP/CoCa, the loss form, LoRA), or say in one line which models can."""
     method = get_method(args.loss)
     needs = method.needs(args)

@@ -19,7 +19,7 @@ import torch
 
 import training.main as training_main
 from conftest import REPO, _write_tiny_csv, train_argv
-from open_clip_align import lora
+from open_clip_align.models import lora
 from open_clip_align.export import export_local_dir
 from open_clip_align.losses import (CEClipLoss, DeGLALoss, NegCLIPLoss, SigmoidCEClipLoss, SigmoidDeGLALoss,
                                     SigmoidNegCLIPLoss)

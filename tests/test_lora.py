@@ -5,7 +5,7 @@ import open_clip
 import pytest
 import torch
 
-from open_clip_align import lora
+from open_clip_align.models import lora
 from open_clip_align.models import enable_hardneg, make_teacher
 from open_clip_align.models.tiny_hf import register_tiny_hf_clip
 

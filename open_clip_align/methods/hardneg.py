@@ -25,7 +25,7 @@ SOFTMAX_REFUSALS = (
 
 
 def _not_caption_model(args) -> bool:
-    from ..model_setup import builds_caption_decoder
+    from ..models.setup import builds_caption_decoder
     return not builds_caption_decoder(args)
 
 

@@ -32,7 +32,7 @@ from open_clip.coca_model import CoCa
 from open_clip.model import CLIP, CustomTextCLIP
 from torch.nn.utils import parametrize
 
-from .. import lora
+from . import lora
 from ..errors import UsageError
 from .ema import ema_update_, relative_distance
 from .registry import register_arch

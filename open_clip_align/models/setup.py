@@ -22,12 +22,12 @@ from typing import Iterable, Optional
 import torch
 from open_clip import factory as oc_factory
 
+from ..errors import UsageError
+from ..losses.sigmoid import HARDNEG_COLUMNS
 from . import lora
-from .errors import UsageError
-from .losses.sigmoid import HARDNEG_COLUMNS
-from .models.factory import plugin_block
-from .models.hardneg import HardNegMixin, UnsupportedFamily, enable_hardneg, family, make_teacher
-from .models.registry import get_arch
+from .factory import plugin_block
+from .hardneg import HardNegMixin, UnsupportedFamily, enable_hardneg, family, make_teacher
+from .registry import get_arch
 
 SIGMOID_FLAGS = ("siglip_hardneg_weight", "siglip_hardneg_columns", "siglip_init_bias")
 LORA_FLAGS = ("lora_alpha", "lora_dropout", "lora_targets", "lora_train_extra")
