@@ -19,6 +19,9 @@ counts as a miss): ``clip`` = C only (zero-shot CLIP, the same-protocol baseline
 the refined global and the two role scores, ``reference`` = the released hand-set weights with transductive
 (test-set) normalisation. Results: JSON (``--out``, checked for writability first; with the protocol, the
 activation the store's vectors were embedded with and the normalisation constants) and a Markdown table on stdout.
+Scores are exact (fixed point in float64, as in the evaluation suite: equal captions tie exactly) and computed in
+tiles of ``--chunk-size`` images × captions, so memory does not grow with the gallery (the dense matrices of all
+scorings took ~6 GB at 5k × 25k); the reference scoring's test-set normalisation reads the tiles twice.
 
 An unfinished store (a ``.partial`` file whose embedding run stopped or still runs) is refused with the number
 of images it holds, unless ``--allow-partial`` asks to score those images (recorded in the protocol); a store
@@ -35,10 +38,10 @@ import torch
 from ..cli_checks import console_logging, device_problem, non_finite_flags, output_problem, range_problem
 from ..errors import run_cli
 from ..eval.report import write_results
-from ..eval.retrieval import metrics
+from ..eval.retrieval import CHUNK_SIZE, ranks_metrics, scoring_ranks
 from ..models.activation import activation_name, force_quickgelu_kwargs, needs_quickgelu
 from .annotations import ComAlignDataError
-from .scoring import PADDINGS, combine, compute_scores
+from .scoring import PADDINGS, REFERENCE_WEIGHTS, combine, compute_scores, tiled_normalisation_constants
 from .slots import store_image_slots
 
 KS = (1, 5, 10, 50)
@@ -66,22 +69,52 @@ def store_text(arrays: dict) -> Dict[str, torch.Tensor]:
             "text_relation_mask": arrays["text_relation_mask"]}
 
 
+def _take(outputs: Dict[str, torch.Tensor], index: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {k: v[index] for k, v in outputs.items()}
+
+
+def score_arrays(image: Dict[str, torch.Tensor], text: Dict[str, torch.Tensor], caption_image: torch.Tensor,
+                 padding: str = "masked", ks: Sequence[int] = KS, chunk_size: int = CHUNK_SIZE) -> Dict[str, dict]:
+    """``{scoring: eval.retrieval.ranks_metrics(...)}`` for ``SCORINGS`` from the head's image outputs
+    (``encode_store_images``) and the store's text side (``store_text``): image→text ranks from I2T, text→image
+    ranks from T2I, plus each scoring's normalisation constants.
+
+    Scored in tiles of ``chunk_size`` images × captions (``eval.retrieval.scoring_ranks``) with exact scores
+    (``compute_scores(exact=True)``: a pair's scores depend on that pair alone, and equal captions tie exactly), so
+    the ranks are those of the full [n_images, n_captions] matrices, which are never built. The reference
+    scoring's test-set constants take one more pass over the tiles first (``tiled_normalisation_constants``).
+    """
+    n_images = len(image["image_features"])
+
+    def terms(rows: torch.Tensor, cols: torch.Tensor):
+        return compute_scores(_take(image, rows), _take(text, cols), padding=padding, exact=True)
+
+    used = sorted({*REFERENCE_WEIGHTS["i2t"], *REFERENCE_WEIGHTS["t2i"]})
+    constants = tiled_normalisation_constants(terms, n_images, len(caption_image), used, REFERENCE_WEIGHTS,
+                                              chunk_size)
+
+    def tiles(rows: torch.Tensor, cols: torch.Tensor):
+        scores = terms(rows, cols)
+        paper = combine(scores, mode="paper")
+        reference = combine(scores, mode="reference", normalise="fixed", constants=constants)
+        return {"clip": (scores.clip, None), "paper": (paper.i2t, paper.t2i),
+                "reference": (reference.i2t, reference.t2i)}
+
+    ranks = scoring_ranks(tiles, caption_image, n_images, chunk_size)
+    results = {name: ranks_metrics(ranks[name], ks) for name in SCORINGS}
+    results["paper"]["normalisation_constants"] = {}
+    results["reference"]["normalisation_constants"] = constants
+    return results
+
+
 def evaluate_arrays(model, arrays: dict, padding: str = "masked", ks: Sequence[int] = KS,
-                    batch_size: int = 256, device="cpu") -> Dict[str, dict]:
-    """``{scoring: eval.retrieval.metrics(...)}`` for ``SCORINGS`` (direction-specific scores: image→text ranks
-    from I2T, text→image ranks from T2I), plus each scoring's normalisation constants."""
+                    batch_size: int = 256, device="cpu", chunk_size: int = CHUNK_SIZE) -> Dict[str, dict]:
+    """``score_arrays`` of the store's ``arrays`` with ``model``'s head run over every stored image."""
     if arrays.get("global") is None or arrays.get("text") is None:
         raise ComAlignDataError("the CLIP global image and caption embeddings are missing (reference files alone do "
                                 "not hold them): pass --store with the same images")
     image = encode_store_images(model, arrays, batch_size=batch_size, device=device)
-    scores = compute_scores(image, store_text(arrays), padding=padding)
-    owner = arrays["caption_image"]
-    results = {"clip": metrics(scores.clip, owner, ks)}
-    for mode in ("paper", "reference"):
-        combined = combine(scores, mode=mode)
-        results[mode] = metrics(combined.i2t, owner, ks, text_to_image=combined.t2i)
-        results[mode]["normalisation_constants"] = combined.constants
-    return results
+    return score_arrays(image, store_text(arrays), arrays["caption_image"], padding, ks, chunk_size)
 
 
 def store_activation(attrs: dict) -> str:
@@ -149,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
                         "scorer); 'masked': real components only (for heads trained with masking)")
     p.add_argument("--ks", type=int, nargs="+", default=list(KS), help="recall cut-offs")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+                   help="images and captions per tile of the retrieval scoring: memory grows with its square, "
+                        "never with the gallery (results do not depend on it)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-partial", action="store_true",
                    help="score the complete images of an unfinished store (.partial) instead of refusing it; "
@@ -161,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(args) -> None:
     problem = (non_finite_flags(args) or range_problem("--ks", args.ks, minimum=1)
                or range_problem("--batch-size", args.batch_size, minimum=1)
+               or range_problem("--chunk-size", args.chunk_size, minimum=1)
                or range_problem("--max-captions", args.max_captions, minimum=1)
                or device_problem("--device", args.device)
                or (output_problem(args.out, "--out") if args.out is not None else None))
@@ -224,7 +261,7 @@ def _evaluate(args) -> None:
                                 f"slots per image, but --model {args.model} has {model.n_entity} / "
                                 f"{model.n_relation}")
     results = evaluate_arrays(model, arrays, padding=args.padding, ks=args.ks, batch_size=args.batch_size,
-                              device=args.device)
+                              device=args.device, chunk_size=args.chunk_size)
     record = {"model": args.model, "pretrained": args.pretrained, "head_checkpoint": args.head_checkpoint,
               "task": "comalign_retrieval", "metrics": results,
               "protocol": _protocol(attrs, arrays, args, status, activation_name(model))}

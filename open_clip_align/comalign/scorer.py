@@ -9,7 +9,8 @@ for a caption use the same numbers:
     s(i, t) = ½ [ mean(global, s^e_I2T, s^r_I2T)(i, t) + mean(global, s^e_T2I, s^r_T2I)(t, i) ]
 
 The CLIP-only parts of the suite (zero-shot classification, the blind caption prior) use the base model through
-a ``DualEncoderScorer``; retrieval uses ``retrieval_scores`` (the same paper form, one matrix per direction).
+a ``DualEncoderScorer``; retrieval uses ``retrieval_tiles`` (the same paper form, one score per direction, served in
+tiles so that no gallery-sized matrix is built).
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from ..eval.items import EvalDataError, ImageRef, Item
 from ..eval.model_scorers import ModelScorer, register_model_scorer
+from ..eval.retrieval import Tile
 from ..eval.scoring import DualEncoderScorer
 from .boxes import BoxProvider, add_box_arguments, box_options, box_provider_from_args
 from .scoring import combine, compute_scores
@@ -126,9 +128,17 @@ class ComAlignScorer:
             out.append(((combined.i2t + combined.t2i.T) / 2).float())
         return out
 
-    def retrieval_scores(self, refs: Sequence[ImageRef], texts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Gallery scores for retrieval: ``(i2t [n_images, n_texts], t2i [n_texts, n_images])``."""
-        return self.directional_scores(refs, texts)
+    def retrieval_tiles(self, refs: Sequence[ImageRef], texts: Sequence[str]) -> Tile:
+        """Gallery scores for retrieval, tile by tile (``eval.retrieval.scoring_ranks``): every component is computed
+        up front, then ``tile(rows [bi], cols [bt])`` gives ``directional_scores`` of those images and captions
+        (``(i2t [bi, bt], t2i [bt, bi])``). Exact scores depend on their pair alone, so the ranks equal those of
+        the full [n_images, n_texts] matrices, which are never built."""
+        self.image_components(refs)
+        self.text_components(texts)
+
+        def tile(rows: torch.Tensor, cols: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            return self.directional_scores([refs[i] for i in rows.tolist()], [texts[t] for t in cols.tolist()])
+        return tile
 
 
 @register_model_scorer

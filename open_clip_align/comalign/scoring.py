@@ -23,7 +23,7 @@ so peak memory is one [bi, P, bt, K] block (~210 MB at 256 × 2048 × 10 × 10) 
 the reference materialises [N_img, chunk, P, K] (~10 GB for 5000 × 5000).
 """
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +219,6 @@ def compute_scores(image: Dict[str, torch.Tensor], text: Dict[str, torch.Tensor]
         raise KeyError(f"compute_scores needs ComAlign component outputs; missing {', '.join(missing)}")
     if exact and smooth is not None:
         raise ValueError("exact=True scores with the hard max; smooth (τ_m) is a training option")
-    prepare = l2_normalize
     if exact:
         from ..eval.scoring import exact_bits, fixed_point
         # a max-mean sums at most max(P, K) maxima, each one exact dot product
@@ -228,6 +227,8 @@ def compute_scores(image: Dict[str, torch.Tensor], text: Dict[str, torch.Tensor]
 
         def prepare(x):
             return fixed_point(l2_normalize(x), bits)
+    else:
+        prepare = l2_normalize
     t_hat = prepare(text["text_features"].float())
     clip = prepare(image["image_features"].float()) @ t_hat.T
     refined = prepare(image["refined_global"].float()) @ t_hat.T
@@ -273,6 +274,28 @@ def _term_matrices(scores: ComAlignScores, entity: float = 1.0, relation: float 
 def normalisation_constant(matrix: torch.Tensor) -> float:
     """|mean over rows of the row-wise max| (rows = images for [Ni,Nt] terms, captions for ``*_t2i``)."""
     return abs(matrix.max(dim=1).values.mean().item())
+
+
+def tiled_normalisation_constants(term_tile: Callable[[torch.Tensor, torch.Tensor], ComAlignScores], n_images: int,
+                                  n_captions: int, names: Sequence[str], weights: Optional[Dict] = None,
+                                  chunk_size: int = 1024) -> Dict[str, float]:
+    """``normalisation_constant`` of the term matrices ``names`` of a gallery served in tiles: ``term_tile(rows [bi],
+    cols [bt])`` gives the ``ComAlignScores`` of those images and captions (``chunk_size`` of each per tile). The
+    row-wise maxima run over the tiles, so with exact scores (``compute_scores(exact=True)``) every constant equals
+    the full matrices' bit for bit while memory stays one tile. ``weights``: the ``fine_*`` role coefficients."""
+    weights, maxima = weights or {}, {}
+    for t0 in range(0, n_captions, chunk_size):
+        cols = torch.arange(t0, min(t0 + chunk_size, n_captions))
+        for i0 in range(0, n_images, chunk_size):
+            rows = torch.arange(i0, min(i0 + chunk_size, n_images))
+            terms = _term_matrices(term_tile(rows, cols), weights.get("entity", 1.0), weights.get("relation", 1.0))
+            for name in names:
+                tile_max, of = terms[name].max(dim=1).values, (cols if name.endswith("_t2i") else rows)
+                if name not in maxima:
+                    maxima[name] = torch.full((n_captions if name.endswith("_t2i") else n_images,), float("-inf"),
+                                              dtype=tile_max.dtype)
+                maxima[name][of] = torch.maximum(maxima[name][of], tile_max)
+    return {name: abs(m.mean().item()) for name, m in maxima.items()}
 
 
 def normalisation_constants(scores: ComAlignScores, weights: Optional[Dict] = None) -> Dict[str, float]:

@@ -92,7 +92,8 @@ def run_winoground(scorer, root, options) -> List[Part]:
 @register("retrieval", retrieval.LAYOUT)
 def run_retrieval(scorer, root, options) -> List[Part]:
     metrics = retrieval.evaluate(scorer, root, dataset=options.retrieval_dataset,
-                                 max_captions=options.retrieval_max_captions)
+                                 max_captions=options.retrieval_max_captions,
+                                 chunk_size=getattr(options, "chunk_size", retrieval.CHUNK_SIZE))
     metrics, protocol = _split_protocol(retrieval, metrics)
     name = {"coco": "mscoco_captions", "flickr": "flickr30k"}[options.retrieval_dataset]
     headline = {f"{options.retrieval_dataset} I2T R@1": "image_to_text/1",
@@ -179,13 +180,14 @@ def run_spec(scorer, root, options) -> List[Part]:
                  image_to_text, spec.metrics, spec.HEADLINE)]
 
 
-def module_parts(module) -> Callable:
-    """A runner for a module whose ``parts(scorer, root)`` yields ``(dataset, task, metrics, protocol, items,
+def module_parts(module, flags=()) -> Callable:
+    """A runner for a module whose ``parts(scorer, root, **flags)`` yields ``(dataset, task, metrics, protocol, items,
     metrics_fn)`` tuples and whose ``HEADLINE`` maps labels to ``"<dataset>/<metric key>"``: each part gets the
-    headline entries of its own dataset."""
+    headline entries of its own dataset. ``flags``: the options passed on as keywords, where given."""
     def run(scorer, root, options) -> List[Part]:
         out = []
-        for dataset, task, metrics, protocol, items, metrics_fn in module.parts(scorer, root):
+        given = {flag: getattr(options, flag) for flag in flags if hasattr(options, flag)}
+        for dataset, task, metrics, protocol, items, metrics_fn in module.parts(scorer, root, **given):
             prefix = f"{dataset}/"
             headline = {label: key[len(prefix):] for label, key in getattr(module, "HEADLINE", {}).items()
                         if key.startswith(prefix)}
@@ -194,5 +196,5 @@ def module_parts(module) -> Callable:
     return run
 
 
-for _module in (negbench, bivlc, colorswap, crepe):
-    register(_module.NAME, _module.LAYOUT, fetch=_module.NAME)(module_parts(_module))
+for _module, _flags in ((negbench, ("chunk_size",)), (bivlc, ()), (colorswap, ()), (crepe, ())):
+    register(_module.NAME, _module.LAYOUT, fetch=_module.NAME)(module_parts(_module, _flags))

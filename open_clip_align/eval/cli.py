@@ -34,16 +34,19 @@ from typing import Dict, List, Optional, Sequence
 
 from ..cli_checks import integer_at_least
 from ..errors import run_cli
+from ..user_modules import import_user_modules
 from .aro import DATASETS as ARO_DATASETS
 from .benchmarks import BENCHMARKS, FETCH, LAYOUTS
 from .items import EvalDataError, fetch_command
 from .model_scorers import add_model_scorer_arguments, check_model_scorer_flags, model_scorer_for
+from .retrieval import CHUNK_SIZE
 
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 PROG = "python -m open_clip_align.eval"
 # benchmark-specific flags: a value other than the default with none of these benchmarks requested is refused
 BENCHMARK_FLAGS = {"aro_datasets": ("aro",), "spacy_model": ("aro",), "valse_unfiltered": ("valse",),
                    "retrieval_dataset": ("retrieval",), "retrieval_max_captions": ("retrieval",),
+                   "chunk_size": ("retrieval", "negbench"),
                    "zeroshot_split": ("zeroshot",), "eqben_annotation": ("eqben",)}
 ALL = "all"
 
@@ -51,6 +54,9 @@ ALL = "all"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--import", dest="import_modules", default=None, metavar="MODULE[,MODULE...]",
+                   help="import these modules first (a dotted name or a .py file), so the benchmarks, model configs "
+                        "and scorers they register are usable by name")
     p.add_argument("--model", help="open_clip model name (built-in, plugin, or local-dir:PATH)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file (default: none)")
     p.add_argument("--benchmark", nargs="+", default=[], choices=sorted(BENCHMARKS) + [ALL], metavar="NAME",
@@ -78,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval-dataset", default="coco", choices=("coco", "flickr"))
     p.add_argument("--retrieval-max-captions", type=integer_at_least(1), default=None,
                    help="keep only the first N captions per image (default: all, CLIP_benchmark's protocol)")
+    p.add_argument("--chunk-size", type=integer_at_least(1), default=CHUNK_SIZE, metavar="N",
+                   help=f"retrieval and NegBench's retrieval tasks: score N images x N captions at a time (default "
+                        f"{CHUNK_SIZE}); memory grows with N², never with the gallery, and results do not "
+                        "depend on it")
     p.add_argument("--zeroshot-split", default="test", help="zeroshot: the split folder to read (default: test)")
     p.add_argument("--eqben-annotation", default=None, metavar="FILE",
                    help="eqben: a Winoground-style annotation under its root ({image0, caption0, image1, caption1} "
@@ -420,12 +430,17 @@ def _check_compare(args) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    status = run_cli(lambda: _run(parser, args), parser.prog, also=(OSError,))
+    status = run_cli(lambda: _main(argv), PROG, also=(OSError,))
     if status:
         sys.exit(status)
+
+
+def _main(argv: List[str]) -> None:
+    argv = import_user_modules(argv)  # first: imported modules may register benchmarks, model configs, scorers
+    parser = _parser()
+    _run(parser, parser.parse_args(argv))
 
 
 def _run(parser: argparse.ArgumentParser, args) -> None:

@@ -6,6 +6,7 @@ captions with each other (SugarCrepe++'s text-only task), into a text-text matri
 (``score_text_pairs``); each benchmark's decision rule reads those matrices.
 """
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,6 +48,11 @@ class ImageRef:
 
     path: str
     box: Optional[Tuple[float, float, float, float]] = None
+
+    def __post_init__(self):
+        # one spelling per file: "a/b/../c" is "a/c" (ShapeCrepe's Winoground pairs name the SugarCrepe images
+        # through "../.."), so the scorers, which key features by ImageRef, encode a file once
+        object.__setattr__(self, "path", os.path.normpath(self.path))
 
     def load(self) -> Image.Image:
         if self.path.endswith(NPY_SUFFIX):

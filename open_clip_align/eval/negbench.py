@@ -208,17 +208,19 @@ def load_retrieval(root, task: str = "coco_retrieval") -> Tuple[List[ImageRef], 
     return images, captions
 
 
-def retrieval_metrics(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]]) -> dict:
+def retrieval_metrics(scorer, images: Sequence[ImageRef], captions: Sequence[Sequence[str]],
+                      chunk_size: int = retrieval.CHUNK_SIZE) -> dict:
     """Text→image recall@1/@5 (%) over the file's global caption × image matrix (the retrieval core's
-    ``global_metrics``), with tie counts and the number of repeated images."""
-    full = retrieval.global_metrics(scorer, images, captions, ks=RETRIEVAL_K)
+    ``global_metrics``, scored in tiles of ``chunk_size``), with tie counts and the number of repeated images."""
+    full = retrieval.global_metrics(scorer, images, captions, ks=RETRIEVAL_K, chunk_size=chunk_size)
     return {"text_to_image": full["text_to_image"], "duplicate_images": len(images) - len(set(images)),
             "n_images": full["n_images"], "n_captions": full["n_captions"], "n_items": full["n_captions"],
             "n_ties": full["ties"]["text_to_image"]}
 
 
-def parts(scorer, root) -> List[tuple]:
-    """``(dataset, task, metrics, protocol, items, metrics_fn)`` for every NegBench task whose CSV is present."""
+def parts(scorer, root, chunk_size: int = retrieval.CHUNK_SIZE) -> List[tuple]:
+    """``(dataset, task, metrics, protocol, items, metrics_fn)`` for every NegBench task whose CSV is present
+    (``chunk_size``: the retrieval tasks' tile size, ``retrieval.scoring_ranks``)."""
     tasks = present_tasks(root)
     if not tasks:
         raise data_missing(NAME, f"none of the NegBench CSVs is under {root}", LAYOUT, NAME, root)
@@ -230,7 +232,7 @@ def parts(scorer, root) -> List[tuple]:
                         {**MCQ_PROTOCOL, "file": MCQ_FILES[task]}, items, metrics))
         else:
             images, captions = load_retrieval(root, task)
-            out.append((f"{NAME}/{task}", "zeroshot_retrieval", retrieval_metrics(scorer, images, captions),
+            out.append((f"{NAME}/{task}", "zeroshot_retrieval", retrieval_metrics(scorer, images, captions, chunk_size),
                         {**RETRIEVAL_PROTOCOL, "file": RETRIEVAL_FILES[task], "recall_k": list(RETRIEVAL_K)},
                         None, None))
     return out
