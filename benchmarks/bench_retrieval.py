@@ -13,8 +13,9 @@ ComAlign (``--comalign-images``, default 500 × 5 captions, 10 + 10 components; 
 ~P·K times a cosine, so the size is smaller): dense = ``compute_scores(exact=True)`` over the whole gallery,
 ``combine`` per scoring and ``metrics`` (the previous ``comalign.evaluate``); chunked = ``score_arrays``.
 
-Peak memory: each arm runs once in a fresh subprocess that reads ``ru_maxrss`` after building its inputs and
-again after scoring; the difference is the arm's peak extra memory (features excluded). Time: the arms alternate
+Peak memory: each arm runs once in a fresh subprocess that resets its peak RSS after building its inputs
+(``/proc/self/clear_refs``) and reads it (``VmHWM``) after scoring; peak minus the RSS at the reset is the arm's
+peak extra memory (features excluded). Time: the arms alternate
 in this process (``harness.time_arms``), median and min. Every chunked arm's ranks and ties must equal the dense
 ones exactly (the run fails otherwise). Prints a table and writes JSON (default
 benchmarks/results/bench_retrieval.json).
@@ -24,7 +25,7 @@ benchmarks/results/bench_retrieval.json).
 """
 import argparse
 import json
-import resource
+import gc
 import statistics
 import subprocess
 import sys
@@ -94,8 +95,20 @@ def comalign_arm(chunk, inputs):
     return out
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+def _status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` (peak) of this process from /proc/self/status, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_mb() -> float:
+    """Reset this process's peak RSS to its current RSS (``clear_refs`` 5, Linux ≥ 4.0), so that the peak read
+    later is the arm's alone and not that of building its inputs; returns the current RSS."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
 
 
 def _inputs(kind: str, args):
@@ -109,10 +122,10 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     kind, arm = args.worker.split(":")
     inputs = _inputs(kind, args)
-    before = _maxrss_mb()
+    before = _reset_peak_mb()
     with torch.inference_mode():
         (dual_arm if kind == "dual" else comalign_arm)(None if arm == "dense" else int(arm), inputs)
-    print(json.dumps({"baseline_mb": before, "peak_extra_mb": _maxrss_mb() - before}))
+    print(json.dumps({"baseline_mb": before, "peak_extra_mb": _status_mb("VmHWM") - before}))
 
 
 def measure_memory(kind: str, chunk, argv) -> dict:
