@@ -26,6 +26,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
+import selectors  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -49,6 +50,7 @@ BOW_KS = (1, 5)  # the recalls the report shows
 # the quickstart's training runs were measured fastest on one torch thread per process: a tiny model's kernels are
 # too small to split, and the data-loading worker gets the other core
 THREADS = 1
+PARALLEL = 3  # the three fine-tunes at once: with one thread each, a run alone keeps one of 2 cores busy
 # run each training in a fork of this process (imports paid once) where fork is safe with torch: Linux
 FORK = sys.platform.startswith("linux") and hasattr(os, "fork")
 
@@ -123,16 +125,53 @@ def launch(argv: list, cwd: Path, threads: int, fork: bool):
     return os.fdopen(read, errors="replace"), lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def _train(args, name: str, model: str, epochs: int, batch_size: int, cwd: Path, flags: list) -> Path:
-    """Run ``training.main`` (validated after its last epoch, ``--val-benchmark``) unless its final checkpoint and
-    benchmark records exist; stream its progress lines."""
-    ckpt = args.out / "logs" / name / "checkpoints" / f"epoch_{epochs}.pt"
-    if ckpt.is_file() and _records_path(args, name, epochs).is_file():
-        _log(f"{name}: found {ckpt}, skipping")
-        return ckpt
-    run_dir = args.out / "logs" / name
-    if run_dir.exists():  # an interrupted run (or one without its benchmark records): start it again cleanly
-        shutil.rmtree(run_dir)
+class Run:
+    """One ``training.main`` run of the quickstart, started (``launch``) and streamed line by line."""
+
+    def __init__(self, args, arm: str, name: str, epochs: int):
+        self.arm, self.name, self.epochs = arm, name, epochs
+        self.dir = args.out / "logs" / name
+        self.ckpt = self.dir / "checkpoints" / f"epoch_{epochs}.pt"
+        self.records = _records_path(args, name, epochs)
+        self.tail, self.partial, self.seconds = [], b"", None
+        self.lines = self.wait = None
+        self.started = time.time()
+
+    def done(self) -> bool:
+        return self.ckpt.is_file() and self.records.is_file()
+
+    def feed(self, chunk: bytes) -> None:
+        """Log the progress lines in ``chunk`` (bytes read from the run's output; b"" at its end)."""
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop() if chunk else b""
+        for raw in lines + ([self.partial] if not chunk and self.partial else []):
+            line = raw.decode(errors="replace")
+            self.tail = (self.tail + [line + "\n"])[-40:]
+            match = re.search(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\].*?Contrastive_loss: ([0-9.]+)", line)
+            if match:
+                epoch, _, _, pct, loss = match.groups()
+                _log(f"{self.name}: epoch {int(epoch) + 1}/{self.epochs} {pct:>3}%  loss {float(loss):.3f}")
+            elif "Benchmarks epoch" in line:
+                _log(f"{self.name}: validated")
+
+    def finish(self) -> None:
+        status = self.wait()
+        self.lines.close()
+        self.seconds = time.time() - self.started
+        if status != 0 or not self.done():
+            sys.stderr.write("".join(self.tail))
+            raise SystemExit(f"quickstart: training run {self.name!r} failed (full log in {self.dir / 'out.log'})")
+
+
+def _start(args, arm: str, name: str, model: str, epochs: int, batch_size: int, cwd: Path, flags: list) -> Run:
+    """Start ``training.main`` (validated after its last epoch, ``--val-benchmark``) unless its final checkpoint and
+    benchmark records exist (then the ``Run`` has no ``lines``)."""
+    run = Run(args, arm, name, epochs)
+    if run.done():
+        _log(f"{name}: found {run.ckpt}, skipping")
+        return run
+    if run.dir.exists():  # an interrupted run (or one without its benchmark records): start it again cleanly
+        shutil.rmtree(run.dir)
     data = args.out / "data"
     argv = ["--logs", str(args.out / "logs"), "--name", name, "--model", model, "--device", "cpu",
             "--precision", "fp32", "--workers", str(args.workers), "--batch-size", str(batch_size),
@@ -140,22 +179,28 @@ def _train(args, name: str, model: str, epochs: int, batch_size: int, cwd: Path,
             "--log-every-n-steps", "10", "--save-frequency", "0",
             "--val-benchmark", f"synthetic={data},retrieval={data / BOW}", "--val-frequency", str(epochs), *flags]
     _log(f"{name}: training.main " + " ".join(argv))
-    lines, wait = launch(argv, cwd, args.threads, fork=FORK)
-    tail = []
-    for line in lines:
-        tail = (tail + [line])[-40:]
-        match = re.search(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\].*?Contrastive_loss: ([0-9.]+)", line)
-        if match:
-            epoch, _, _, pct, loss = match.groups()
-            _log(f"{name}: epoch {int(epoch) + 1}/{epochs} {pct:>3}%  loss {float(loss):.3f}")
-        elif "Benchmarks epoch" in line:
-            _log(f"{name}: validated")
-    status = wait()
-    lines.close()
-    if status != 0 or not ckpt.is_file() or not _records_path(args, name, epochs).is_file():
-        sys.stderr.write("".join(tail))
-        raise SystemExit(f"quickstart: training run {name!r} failed (full log in {run_dir / 'out.log'})")
-    return ckpt
+    run.lines, run.wait = launch(argv, cwd, args.threads, fork=FORK)
+    return run
+
+
+def run_all(starters: list, parallel: int) -> list:
+    """Run the training runs that ``starters`` (functions returning ``_start``'s ``Run``) begin, at most
+    ``parallel`` at a time, streaming every run's progress; returns the finished ``Run``s in order. Every fork
+    happens here, in the one thread of this process (the outputs are read with a selector, not threads)."""
+    pending, runs, live = list(starters), [], selectors.DefaultSelector()
+    while pending or live.get_map():
+        while pending and len(live.get_map()) < parallel:
+            run = pending.pop(0)()
+            runs.append(run)
+            if run.lines is not None:
+                live.register(run.lines.fileno(), selectors.EVENT_READ, run)
+        for key, _ in (live.select() if live.get_map() else []):  # every run left may have been skipped
+            run, chunk = key.data, os.read(key.fd, 1 << 16)
+            run.feed(chunk)
+            if not chunk:
+                live.unregister(key.fd)
+                run.finish()
+    return runs
 
 
 def _bag_of_words_set(root: Path, seed: int):
@@ -298,8 +343,14 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes per training run")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="torch threads of each training run (OMP_NUM_THREADS; default %(default)s)")
+    parser.add_argument("--parallel", type=int, default=PARALLEL,
+                        help="fine-tunes run at once (default %(default)s: all three; each uses --threads torch "
+                             "threads, so one run alone leaves a core idle); results do not depend on it")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for flag in ("threads", "parallel", "workers"):
+        if getattr(args, flag) < (0 if flag == "workers" else 1):
+            parser.error(f"--{flag} must be at least {0 if flag == 'workers' else 1}, got {getattr(args, flag)}")
     args.out = args.out.resolve()
     if FORK:  # the training runs are forks of this process: their code is imported once, here
         import training.main  # noqa: F401 (imported for its side effect: loaded once, before the forks)
@@ -323,30 +374,34 @@ def main(argv=None) -> None:
         write_bag_of_words_set(data, args.seed)
     stage("data generation", start)
 
-    runs = {}
+    def pretrain() -> Run:
+        return _start(args, "pretrained", "pretrain", args.model, args.pretrain_epochs, args.pretrain_batch_size,
+                      data, ["--loss", "clip", "--dataset-type", "csv", "--train-data", "pretrain.csv",
+                             "--csv-img-key", "filepath", "--csv-caption-key", "title", "--lr", str(args.pretrain_lr)])
 
-    def run(arm: str, name: str, model: str, epochs: int, batch_size: int, flags: list) -> Path:
-        start = time.time()
-        ckpt = _train(args, name, model, epochs, batch_size, data, flags)
-        validation = validation_seconds(args.out / "logs" / name / "out.log")
-        stage(name, start, f"of which validation {validation:.0f} s" if validation is not None else "")
-        runs[arm] = (name, epochs)
-        return ckpt
-
-    pretrained = run("pretrained", "pretrain", args.model, args.pretrain_epochs, args.pretrain_batch_size, [
-        "--loss", "clip", "--dataset-type", "csv", "--train-data", "pretrain.csv",
-        "--csv-img-key", "filepath", "--csv-caption-key", "title", "--lr", str(args.pretrain_lr)])
-    finetune = ["--pretrained", str(pretrained), "--hardneg-format", "csv", "--train-data", str(data / "train.csv"),
-                "--num-hardneg", "1", "--lr", str(args.finetune_lr)]
-    method_flags = {"clip": [], "negclip": [],
-                    "degla": ["--degla-distill-weight", str(args.degla_distill_weight)]}
-    for loss, extra in method_flags.items():
+    def finetune(loss: str) -> Run:
         model = args.degla_model if loss == "degla" else args.model
-        run(loss, f"finetune-{loss}", model, args.finetune_epochs, args.finetune_batch_size,
-            ["--loss", loss, *finetune, *extra])
+        extra = ["--degla-distill-weight", str(args.degla_distill_weight)] if loss == "degla" else []
+        return _start(args, loss, f"finetune-{loss}", model, args.finetune_epochs, args.finetune_batch_size, data,
+                      ["--loss", loss, "--pretrained", str(pretrain_run.ckpt), "--hardneg-format", "csv",
+                       "--train-data", str(data / "train.csv"), "--num-hardneg", "1", "--lr", str(args.finetune_lr),
+                       *extra])
+
+    def note(run: Run) -> str:
+        validation = validation_seconds(run.dir / "out.log") if run.seconds is not None else None
+        took = f"{run.seconds:.0f} s" if run.seconds is not None else "found"
+        return f"{run.name} {took}" + (f" (validation {validation:.0f} s)" if validation is not None else "")
 
     start = time.time()
-    results = {arm: read_arm(_records_path(args, name, epochs)) for arm, (name, epochs) in runs.items()}
+    [pretrain_run] = run_all([pretrain], 1)
+    stage("pretrain", start, note(pretrain_run))
+    start = time.time()
+    finetunes = run_all([lambda loss=loss: finetune(loss) for loss in ("degla", "clip", "negclip")], args.parallel)
+    stage(f"fine-tunes ({min(args.parallel, 3)} at a time)", start, "; ".join(note(run) for run in finetunes))
+    runs = {run.arm: (run.name, run.epochs) for run in [pretrain_run, *finetunes]}
+
+    start = time.time()
+    results = {arm: read_arm(_records_path(args, *runs[arm])) for arm in ARMS}
     table = _table(results)
     print("\n" + table)
     swaps = ("swap_obj", "swap_att")

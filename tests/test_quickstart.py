@@ -12,11 +12,11 @@ from open_clip_align.data.synthetic import caption_words
 from open_clip_align.eval.report import read_results
 
 
-def _quickstart(out):
+def _quickstart(out, *extra):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cmd = [sys.executable, str(REPO / "scripts" / "quickstart.py"), "--out", str(out), "--preset", "ci",
            "--pretrain-batch-size", "16", "--finetune-batch-size", "16", "--pretrain-epochs", "1",
-           "--finetune-epochs", "1", "--workers", "0"]
+           "--finetune-epochs", "1", "--workers", "0", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -69,14 +69,20 @@ def test_quickstart_runs_and_resumes(tmp_path):
 
     # the time per stage, printed and recorded
     stages = [s["stage"] for s in results["stages"]]
-    assert stages == ["python start-up, imports", "data generation", "pretrain", "finetune-clip",
-                      "finetune-negclip", "finetune-degla", "report (table, chart)"]
+    assert stages == ["python start-up, imports", "data generation", "pretrain", "fine-tunes (3 at a time)",
+                      "report (table, chart)"]
+    finetunes = results["stages"][3]["note"]
+    assert all(f"finetune-{loss} " in finetunes for loss in ("clip", "negclip", "degla")), finetunes
     assert results["seconds"] == pytest.approx(sum(s["seconds"] for s in results["stages"]), abs=0.5)
-    assert "of which validation" in stdout and stdout.rstrip().splitlines()[-2].startswith("total")
+    assert "(validation " in stdout and stdout.rstrip().splitlines()[-2].startswith("total")
 
     again = _quickstart(out)  # everything is there: no stage reruns, same numbers
     assert again.count("skipping") == 5
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
+
+    # the fine-tunes one after another give the same numbers as all three at once, bit for bit
+    _quickstart(tmp_path / "one_at_a_time", "--parallel", "1")
+    assert json.loads((tmp_path / "one_at_a_time" / "results.json").read_text())["arms"] == results["arms"]
 
 
 def test_validation_seconds_from_an_open_clip_train_log(tmp_path):
