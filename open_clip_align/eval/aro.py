@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..spacy_pipeline import DEFAULT_SPACY_MODEL, load_spacy
-from .items import EvalDataError, ImageRef, Item, read_json, require_file
+from .items import EvalDataError, ImageRef, Item, existing_image, read_json, require_file
 
 DATASETS = ("vg_relation", "vg_attribution", "coco_order", "flickr30k_order")
 TIE_POLICIES = ("official", "strict")
@@ -153,11 +153,7 @@ def _read_json_list(path: Path, dataset: str) -> list:
 
 
 def _existing_image(path: Path, where: str, seen: set) -> str:
-    if path not in seen:
-        if not path.is_file():
-            raise EvalDataError(f"{where} names image {path}, which does not exist")
-        seen.add(path)
-    return str(path)
+    return existing_image(path, where, seen=seen).path
 
 
 # ---------------------------------------------------------------- VG-Relation and VG-Attribution

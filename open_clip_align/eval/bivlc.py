@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import winoground
-from .items import EvalDataError, ImageRef, Item, data_missing, text_field
+from .items import EvalDataError, Item, data_missing, existing_image, read_jsonl, text_field
 
 NAME = "bivlc"
 ANNOTATIONS = "test.jsonl"
@@ -52,14 +52,8 @@ def load(root) -> List[Item]:
         found = f" (found {len(shards)} parquet shard(s): extract them with the fetcher)" if shards else ""
         raise data_missing(NAME, f"{path} not found{found}", LAYOUT, NAME, root)
     items = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
+    for line_no, entry in read_jsonl(path):
         where = f"{path}: line {line_no}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalDataError(f"{where} is not valid JSON ({err})") from None
         if not isinstance(entry, dict):
             raise EvalDataError(f"{where}: expected a JSON object, got {type(entry).__name__}")
         missing = [k for k in COLUMNS if k not in entry]
@@ -68,12 +62,8 @@ def load(root) -> List[Item]:
         kind, subtype = entry["type"], entry["subtype"]
         if kind not in TYPES or subtype not in SUBTYPES:
             raise EvalDataError(f"{where}: type/subtype must be one of {TYPES} / {SUBTYPES}, got {kind!r}/{subtype!r}")
-        images = []
-        for key in ("image", "negative_image"):
-            image = root / text_field(entry, key, where)
-            if not image.is_file():
-                raise EvalDataError(f"{where} names {key} {image}, which does not exist")
-            images.append(ImageRef(str(image)))
+        images = [existing_image(root / text_field(entry, key, where), where, key)
+                  for key in ("image", "negative_image")]
         captions = [text_field(entry, key, where) for key in ("caption", "negative_caption")]
         items.append(Item(id=str(entry.get("row", line_no - 1)), images=images, captions=captions,
                           match=[[True, False], [False, True]], group=kind, meta={"subtype": subtype}))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List
 
 from . import winoground
-from .items import EvalDataError, ImageRef, Item, data_missing, read_json, text_field
+from .items import EvalDataError, Item, data_missing, existing_image, read_json, text_field
 
 NAME = "colorswap"
 SPLITS = ("test", "train")
@@ -49,12 +49,7 @@ def load(root, split: str = "test") -> List[Item]:
         missing = [k for k in FIELDS if k not in entry]
         if missing:
             raise EvalDataError(f"{where} lacks {missing}")
-        images = []
-        for key in ("image_1", "image_2"):
-            image = root / text_field(entry, key, where)
-            if not image.is_file():
-                raise EvalDataError(f"{where} names {key} {image}, which does not exist")
-            images.append(ImageRef(str(image)))
+        images = [existing_image(root / text_field(entry, key, where), where, key) for key in ("image_1", "image_2")]
         tags = [f"{k}={entry[k]}" for k in ("image_source", "caption_source") if isinstance(entry.get(k), str)]
         items.append(Item(id=str(entry.get("id", index)), images=images,
                           captions=[text_field(entry, "caption_1", where), text_field(entry, "caption_2", where)],

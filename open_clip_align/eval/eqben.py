@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from . import winoground
-from .items import EvalDataError, ImageRef, Item, data_missing, json_type, read_json, require_file
+from .items import EvalDataError, ImageRef, Item, data_missing, existing_image, json_type, read_json, require_file
 
 NAME = "eqben"
 SUBSETS = ("eqbenag", "eqbenyoucook2", "eqbengebc", "eqbenkubric_loc", "eqbenkubric_attr", "eqbenkubric_cnt",
@@ -95,13 +95,7 @@ class _Images:
     def __call__(self, value, where: str) -> ImageRef:
         if not isinstance(value, str) or not value:
             raise EvalDataError(f"{where}: expected an image path string, got {json_type(value)}")
-        path = self.root / value
-        if path not in self.seen:
-            if not path.is_file():
-                raise EvalDataError(f"{where} names image {path}, which does not exist (images are resolved under "
-                                    f"{self.root})")
-            self.seen.add(path)
-        return ImageRef(str(path))
+        return existing_image(self.root / value, where, seen=self.seen, hint=f"images are resolved under {self.root}")
 
 
 def subset_of(image_path: str, fallback: str) -> str:

@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -152,6 +152,30 @@ def data_missing(benchmark: str, missing: str, expected: str, fetch: Optional[st
         how = (f"Nothing is downloaded implicitly: run `{fetch_command(fetch, dest)}` (it writes {dest}/{fetch}/) "
                f"or place the official files there")
     return EvalDataError(f"{benchmark}: {missing}; expected {expected}. {how}")
+
+
+def read_jsonl(path) -> Iterator[Tuple[int, object]]:
+    """``(line number, parsed value)`` for each non-blank line of the JSON Lines file ``path`` (a UTF-8 byte-order
+    mark is accepted); a line that is not JSON is an EvalDataError naming the file and line."""
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        if line.strip():
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EvalDataError(f"{path}: line {line_no} is not valid JSON ({err})") from None
+
+
+def existing_image(path, where: str, field: str = "image", seen: Optional[set] = None, hint: str = "") -> ImageRef:
+    """``ImageRef(path)`` once the file is checked to exist (once per path when ``seen`` collects the checked ones);
+    else an EvalDataError naming ``where`` (file and item), the ``field`` and the path, plus ``hint`` (where images
+    are looked for)."""
+    path = Path(path)
+    if seen is None or path not in seen:
+        if not path.is_file():
+            raise EvalDataError(f"{where} names {field} {path}, which does not exist" + (f" ({hint})" if hint else ""))
+        if seen is not None:
+            seen.add(path)
+    return ImageRef(str(path))
 
 
 def require_file(path, benchmark: str, expected: str, fetch: Optional[str] = None, root=None) -> None:

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .items import EvalDataError, ImageRef, read_json, require_file
+from .items import EvalDataError, ImageRef, existing_image, read_json, require_file
 from .scoring import fixed_point
 
 DATASETS = {"coco": ("coco_karpathy_test.json", 5000), "flickr": ("flickr30k_test.json", 1000)}
@@ -284,10 +284,7 @@ def load(root, dataset: str = "coco", annotation=None, max_captions: Optional[in
         if entry["image"] in seen:
             raise EvalDataError(f"{path}: entries {seen[entry['image']]} and {index} both name {entry['image']}")
         seen[entry["image"]] = index
-        image = root / entry["image"]
-        if not image.is_file():
-            raise EvalDataError(f"{path}: entry {index} names image {image}, which does not exist")
-        images.append(ImageRef(str(image)))
+        images.append(existing_image(root / entry["image"], f"{path}: entry {index}"))
         captions.append(list(caps[:max_captions]))
     return images, captions
 

@@ -21,8 +21,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from .aro import first_argmax_decisions
-from .items import (EvalDataError, ImageRef, Item, data_missing, json_type, query_candidates, read_json,
-                    require_file)
+from .items import (EvalDataError, ImageRef, Item, data_missing, existing_image, json_type, query_candidates,
+                    read_json, require_file)
 
 NAME = "spec"
 SUBSETS = ("absolute_size", "relative_size", "absolute_spatial", "relative_spatial", "existence", "count")
@@ -51,12 +51,7 @@ def present_subsets(root) -> List[str]:
 def _image(folder: Path, value, where: str, seen: set) -> ImageRef:
     if not isinstance(value, str) or not value:
         raise EvalDataError(f"{where}: expected an image path string, got {json_type(value)}")
-    path = folder / value
-    if path not in seen:
-        if not path.is_file():
-            raise EvalDataError(f"{where} names image {path}, which does not exist")
-        seen.add(path)
-    return ImageRef(str(path))
+    return existing_image(folder / value, where, seen=seen)
 
 
 def load_file(root, subset: str, direction: str) -> List[Item]:

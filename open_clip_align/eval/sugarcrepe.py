@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, read_json, require_file, text_field
+from .items import EvalDataError, Item, existing_image, read_json, require_file, text_field
 from .scoring import pairwise_decisions
 
 SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
@@ -55,10 +55,8 @@ def load_subset(root, subset: str) -> List[Item]:
             raise EvalDataError(f"{path}: item {key!r} lacks {sorted(missing)}")
         where = f"{path}: item {key!r}"
         filename, pos, neg = (text_field(entry, f, where) for f in ("filename", "caption", "negative_caption"))
-        image = Path(root) / "val2017" / filename
-        if not image.is_file():
-            raise EvalDataError(f"{where} names image {image}, which does not exist")
-        items.append(Item(id=f"{subset}/{key}", images=[ImageRef(str(image))], captions=[pos, neg],
+        image = existing_image(Path(root) / "val2017" / filename, where)
+        items.append(Item(id=f"{subset}/{key}", images=[image], captions=[pos, neg],
                           match=[[True, False]], group=subset,
                           meta={"bag_identical": bag_of_words(pos) == bag_of_words(neg)}))
     return items

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, data_missing, read_json, require_file, text_field
+from .items import EvalDataError, Item, data_missing, existing_image, read_json, require_file, text_field
 from .scoring import pairwise_decisions
 from .sugarcrepe import bag_of_words
 
@@ -78,11 +78,9 @@ def load_subset(root, subset: str) -> List[Item]:
         if missing:
             raise EvalDataError(f"{where} lacks {missing}")
         filename, p1, p2, neg = (text_field(entry, f, where) for f in FIELDS)
-        image = images / filename
-        if not image.is_file():
-            raise EvalDataError(f"{where} names image {image}, which does not exist (images are read from "
-                                f"{' or '.join(str(Path(root) / d) for d in IMAGE_DIRS)})")
-        items.append(Item(id=f"{subset}/{key}", images=[ImageRef(str(image))], captions=[p1, p2, neg],
+        image = existing_image(images / filename, where, hint="images are read from "
+                               + " or ".join(str(Path(root) / d) for d in IMAGE_DIRS))
+        items.append(Item(id=f"{subset}/{key}", images=[image], captions=[p1, p2, neg],
                           match=[[True, True, False]], group=subset,
                           meta={"bag_identical": bag_of_words(p1) == bag_of_words(neg), "p1_is_negative": p1 == neg,
                                 "p2_is_negative": p2 == neg, "p1_is_p2": p1 == p2}))

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .aro import first_argmax_decisions
-from .items import EvalDataError, ImageRef, Item, data_missing, json_type, read_json, require_file
+from .items import EvalDataError, Item, data_missing, existing_image, json_type, read_json, require_file
 
 NAME = "whatsup"
 SUBSETS = {  # ours -> (annotation file, image folder, official dataset name)
@@ -126,12 +126,9 @@ def load_subset(root, subset: str) -> List[Item]:
             captions = _captions(entry[1:], where, 2)
             relative = str(entry[0]).zfill(12) + ".jpg" if subset.startswith("coco") else f"{entry[0]}.jpg"
             image = root / folder / relative
-        if image not in seen:
-            if not image.is_file():
-                raise EvalDataError(f"{where} names image {image}, which does not exist")
-            seen.add(image)
+        ref = existing_image(image, where, seen=seen)
         meta["preposition"] = preposition(subset, relative, captions[0])
-        items.append(Item(id=f"{subset}/{index}", images=[ImageRef(str(image))], captions=list(captions),
+        items.append(Item(id=f"{subset}/{index}", images=[ref], captions=list(captions),
                           match=[[True] + [False] * (len(captions) - 1)], group=subset, meta=meta))
     return items
 

@@ -10,14 +10,13 @@ layouts are read (``LAYOUT``): our ``pairs.jsonl`` (also written by ShapeCrepe, 
 the HF export (``examples.jsonl`` + ``images/<name>.png``). CLIP_benchmark's ``winoground`` differs: it is
 argmax-based, so ties resolve toward index 0.
 """
-import json
 import re
 from pathlib import Path
 from typing import List, Sequence
 
 import torch
 
-from .items import EvalDataError, ImageRef, Item, require_file, text_field
+from .items import EvalDataError, Item, existing_image, read_jsonl, require_file, text_field
 
 PROTOCOL = {"tie_policy": "official (strict comparisons: a tie is wrong)",
             "averaging": "micro over items; per tag over the items carrying it",
@@ -57,25 +56,15 @@ def load(root, layout: str = "auto") -> List[Item]:
     path = root / LAYOUTS[layout]
     require_file(path, "winoground", LAYOUT)
     items = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalDataError(f"{path}: line {line_no} is not valid JSON ({err})") from None
+    for line_no, entry in read_jsonl(path):
         where = f"line {line_no}" + (f" (id {entry['id']!r})" if isinstance(entry, dict) and "id" in entry else "")
         missing = set(KEYS + (("id",) if layout == "hf" else ())) - set(entry if isinstance(entry, dict) else ())
         if missing:
             raise EvalDataError(f"{path}: {where} lacks {sorted(missing)}")
         captions = [text_field(entry, key, f"{path}: {where}") for key in ("caption_0", "caption_1")]
-        images = []
-        for key in ("image_0", "image_1"):
-            name = text_field(entry, key, f"{path}: {where}")
-            image = root / (name if layout == "pairs" else f"images/{name}.png")
-            if not image.is_file():
-                raise EvalDataError(f"{path}: {where} names {key} {image}, which does not exist")
-            images.append(ImageRef(str(image)))
+        names = {key: text_field(entry, key, f"{path}: {where}") for key in ("image_0", "image_1")}
+        images = [existing_image(root / (name if layout == "pairs" else f"images/{name}.png"), f"{path}: {where}", key)
+                  for key, name in names.items()]
         items.append(Item(id=str(entry.get("id", len(items))), images=images,
                           captions=captions, match=[[True, False], [False, True]],
                           group="winoground", meta={"tags": _tags(path, where, entry, layout), "line": line_no}))
