@@ -15,7 +15,8 @@
 3. One optimizer step (forward, backward, AdamW) at equal batch: ``--loss negclip`` with K negatives vs
    ``--loss clip`` (open_clip's ClipLoss) on the same model config.
 
-Every arm gives the same token ids (checked here on every sample, and in tests/test_hardneg_data.py). Rounds
+The ``CachedTokenizer`` and ``PretokenizedCaptions`` arms tokenize through ``ascii_fast_path`` (the loaders do);
+the per-sample and per-batch arms call open_clip's tokenizer as it is. Every arm gives the same token ids (checked here on every sample, and in tests/test_hardneg_data.py). Rounds
 alternate between the arms of a section so machine noise hits all of them; medians are reported. Run it alone
 on the machine. Prints a table and writes JSON (default benchmarks/results/bench_hardneg.json).
 
