@@ -108,8 +108,8 @@ class PretokenizedCaptions:
             self._index.setdefault(caption, len(self._index))
         unique = list(self._index)
         chunks = [unique[begin:begin + self.batch] for begin in range(0, len(unique), self.batch)]
-        parts = list(tqdm(_tokenized(ascii_fast_path(tokenizer), chunks, workers), total=len(chunks), desc="Tokenizing captions",
-                          unit="batch", disable=not progress or len(chunks) < 25))
+        parts = list(tqdm(_tokenized(ascii_fast_path(tokenizer), chunks, workers), total=len(chunks),
+                          desc="Tokenizing captions", unit="batch", disable=not progress or len(chunks) < 25))
         prefixes, pads, lengths, widths = zip(*parts) if parts else ([np.zeros(0, np.int64)],) * 3 + ((0,),)
         self.context_length = widths[0]
         self._flat, self._pad, self._length = (_narrowed(np.concatenate(a)) for a in (prefixes, pads, lengths))
