@@ -27,6 +27,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import selectors  # noqa: E402
+import signal  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -82,8 +83,8 @@ def validation_seconds(log: Path):
 
 
 def launch(argv: list, cwd: Path, threads: int, fork: bool):
-    """Start ``python -m training.main *argv`` in ``cwd`` with ``threads`` torch threads; returns ``(lines, wait)``:
-    its output (stdout and stderr) line by line, and a function giving its exit status.
+    """Start ``python -m training.main *argv`` in ``cwd`` with ``threads`` torch threads; returns ``(lines, wait,
+    pid)``: its output (stdout and stderr) line by line, a function giving its exit status, and its process id.
 
     ``fork`` (Linux): a child of this process, which has imported torch, open_clip and the plugin once, runs it, so
     no run pays those imports again (seconds each); otherwise a fresh interpreter."""
@@ -91,7 +92,7 @@ def launch(argv: list, cwd: Path, threads: int, fork: bool):
         env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
         proc = subprocess.Popen([sys.executable, "-m", "training.main", *argv], cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        return proc.stdout, proc.wait
+        return proc.stdout, proc.wait, proc.pid
     import torch
     import training.main as training_main
 
@@ -122,7 +123,7 @@ def launch(argv: list, cwd: Path, threads: int, fork: bool):
             sys.stderr.flush()
             os._exit(status)
     os.close(write)
-    return os.fdopen(read, errors="replace"), lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return os.fdopen(read, errors="replace"), lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), pid
 
 
 class Run:
@@ -134,7 +135,7 @@ class Run:
         self.ckpt = self.dir / "checkpoints" / f"epoch_{epochs}.pt"
         self.records = _records_path(args, name, epochs)
         self.tail, self.partial, self.seconds = [], b"", None
-        self.lines = self.wait = None
+        self.lines = self.wait = self.pid = None
         self.started = time.time()
 
     def done(self) -> bool:
@@ -179,7 +180,7 @@ def _start(args, arm: str, name: str, model: str, epochs: int, batch_size: int, 
             "--log-every-n-steps", "10", "--save-frequency", "0",
             "--val-benchmark", f"synthetic={data},retrieval={data / BOW}", "--val-frequency", str(epochs), *flags]
     _log(f"{name}: training.main " + " ".join(argv))
-    run.lines, run.wait = launch(argv, cwd, args.threads, fork=FORK)
+    run.lines, run.wait, run.pid = launch(argv, cwd, args.threads, fork=FORK)
     return run
 
 
@@ -188,18 +189,24 @@ def run_all(starters: list, parallel: int) -> list:
     ``parallel`` at a time, streaming every run's progress; returns the finished ``Run``s in order. Every fork
     happens here, in the one thread of this process (the outputs are read with a selector, not threads)."""
     pending, runs, live = list(starters), [], selectors.DefaultSelector()
-    while pending or live.get_map():
-        while pending and len(live.get_map()) < parallel:
-            run = pending.pop(0)()
-            runs.append(run)
-            if run.lines is not None:
-                live.register(run.lines.fileno(), selectors.EVENT_READ, run)
-        for key, _ in (live.select() if live.get_map() else []):  # every run left may have been skipped
-            run, chunk = key.data, os.read(key.fd, 1 << 16)
-            run.feed(chunk)
-            if not chunk:
-                live.unregister(key.fd)
-                run.finish()
+    try:
+        while pending or live.get_map():
+            while pending and len(live.get_map()) < parallel:
+                run = pending.pop(0)()
+                runs.append(run)
+                if run.lines is not None:
+                    live.register(run.lines.fileno(), selectors.EVENT_READ, run)
+            for key, _ in (live.select() if live.get_map() else []):  # every run left may have been skipped
+                run, chunk = key.data, os.read(key.fd, 1 << 16)
+                run.feed(chunk)
+                if not chunk:
+                    live.unregister(key.fd)
+                    run.finish()
+    except BaseException:  # a run failed, or Ctrl-C: stop the others rather than leave them training unwatched
+        for key in list(live.get_map().values()):
+            os.kill(key.data.pid, signal.SIGTERM)
+            key.data.wait()
+        raise
     return runs
 
 

@@ -101,11 +101,34 @@ def test_training_runs_in_a_fork_or_a_fresh_interpreter_alike(tmp_path):
     stream the run's output and report its exit status."""
     quickstart = _module()
     for fork in (True, False):
-        lines, wait = quickstart.launch(["--help"], tmp_path, 1, fork=fork)
+        lines, wait, _ = quickstart.launch(["--help"], tmp_path, 1, fork=fork)
         text = lines.read()
         lines.close()
         assert wait() == 0 and "--val-benchmark" in text and "--hardneg-format" in text, fork
-        lines, wait = quickstart.launch(["--no-such-flag"], tmp_path, 1, fork=fork)
+        lines, wait, _ = quickstart.launch(["--no-such-flag"], tmp_path, 1, fork=fork)
         text = lines.read()
         lines.close()
         assert wait() == 2 and "--no-such-flag" in text, fork
+
+
+class _FakeRun:
+    """A stand-in for a training run: a shell command whose output is the run's output."""
+
+    def __init__(self, command: str):
+        self.proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE)
+        self.lines, self.wait, self.pid = self.proc.stdout, self.proc.wait, self.proc.pid
+
+    def feed(self, chunk):
+        pass
+
+    def finish(self):
+        if self.wait() != 0:
+            raise SystemExit("failed")
+
+
+def test_a_failing_run_stops_the_runs_beside_it():
+    quickstart = _module()
+    slow, failing = _FakeRun("echo start; sleep 60"), _FakeRun("exit 3")
+    with pytest.raises(SystemExit):
+        quickstart.run_all([lambda: slow, lambda: failing], parallel=2)
+    assert slow.proc.returncode == -15  # SIGTERM, not left training unwatched
