@@ -4,6 +4,7 @@ Image features come from an image's top-left pixel (red channel → angle on the
 from a caption table, so every cosine in a test is known in advance. ``scorer_for(table)`` wraps it in the
 suite's ``DualEncoderScorer``.
 """
+import csv
 import json
 import math
 from pathlib import Path
@@ -131,6 +132,17 @@ def write_json(path, data) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
+    return path
+
+
+def write_csv(path, header, rows) -> Path:
+    """A CSV file with ``header`` and ``rows`` (lists), folders created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
     return path
 
 

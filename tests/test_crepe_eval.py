@@ -1,25 +1,16 @@
 """CREPE adapter: the crop box, VG_100K / VG_100K_2 lookup, pessimistic ranks with ties, the official R@k / mean /
 median / std aggregation, productivity and systematicity file naming, bad input."""
-import csv
 import math
 
 import pytest
 import torch
 from PIL import Image
 
-from eval_fixtures import scorer_for, unit
+from eval_fixtures import scorer_for, unit, write_csv
 from open_clip_align.eval import cli, crepe
 from open_clip_align.eval.items import EvalDataError, ImageRef, Item
 
 COLUMNS = ["image_id", "caption", "x", "y", "width", "height", "hard_negs"]
-
-
-def _write(path, header, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 @pytest.fixture
@@ -33,10 +24,10 @@ def root(tmp_path):
     one.paste((255, 0, 0), (4, 4, 8, 8))
     one.save(tmp_path / "VG_100K" / "1.jpg", format="PNG")
     Image.new("RGB", (8, 8), (0, 0, 0)).save(tmp_path / "VG_100K_2" / "2.jpg", format="PNG")
-    _write(crepe.prod_file(tmp_path, "atom", 4), COLUMNS,
+    write_csv(crepe.prod_file(tmp_path, "atom", 4), COLUMNS,
            [[1, "a red square", 4, 4, 4, 4, "['a black square', 'a crimson square']"],
             [2, "a black square", 0, 0, 8, 8, "['a grey square', 'a red square']"]])
-    _write(crepe.syst_file(tmp_path, "unseen", "laion"),
+    write_csv(crepe.syst_file(tmp_path, "unseen", "laion"),
            ["image_id", "caption", "x", "y", "width", "height", "valid_hard_negs_atom", "valid_hard_negs_comp",
             "valid_hard_negs_combined"],
            [[2, "a black square", 0, 0, 8, 8, "['a grey square']", "['a red square']",
@@ -94,13 +85,13 @@ def test_benchmark_names_each_file_and_marks_systematicity(root):
 
 def test_bad_input(root, tmp_path):
     path = crepe.prod_file(root, "swap", 5)
-    _write(path, COLUMNS, [[3, "a red square", 0, 0, 4, 4, "['x']"]])
+    write_csv(path, COLUMNS, [[3, "a red square", 0, 0, 4, 4, "['x']"]])
     with pytest.raises(EvalDataError, match=r"line 2: image 3.jpg is in neither .*VG_100K nor .*VG_100K_2"):
         crepe.load_file(root, path, "hard_negs", "swap/complexity_5")
-    _write(path, COLUMNS, [[1, "a red square", 0, 0, 0, 4, "['x']"]])
+    write_csv(path, COLUMNS, [[1, "a red square", 0, 0, 0, 4, "['x']"]])
     with pytest.raises(EvalDataError, match="width and height must be positive"):
         crepe.load_file(root, path, "hard_negs", "swap/complexity_5")
-    _write(path, COLUMNS, [[1, "a red square", 0, 0, 4, 4, "x, y"]])
+    write_csv(path, COLUMNS, [[1, "a red square", 0, 0, 4, 4, "x, y"]])
     with pytest.raises(EvalDataError, match="column 'hard_negs' must hold a Python list"):
         crepe.load_file(root, path, "hard_negs", "swap/complexity_5")
     with pytest.raises(EvalDataError, match="lacks column"):

@@ -1,11 +1,10 @@
 """NegBench adapter: MCQ first-argmax rule (ties right, strict wrong), per-template and wrong-answer types, the
 retrieval CSVs' text→image recall on one global matrix, the authors' absolute image paths, bad input."""
-import csv
 
 import pytest
 import torch
 
-from eval_fixtures import angle_image, scorer_for, unit
+from eval_fixtures import angle_image, scorer_for, unit, write_csv
 from open_clip_align.eval import cli, negbench
 from open_clip_align.eval.items import EvalDataError, ImageRef, Item
 
@@ -32,14 +31,6 @@ def _table():
     return {**table, **{caption: unit(deg) for caption, deg in ANGLES.items()}}
 
 
-def _write(path, header, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 @pytest.fixture
 def root(tmp_path):
     (tmp_path / "val2017").mkdir()
@@ -49,14 +40,14 @@ def root(tmp_path):
     (tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages").mkdir(parents=True)
     angle_image(tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000001.png", 0)
     header = list(negbench.MCQ_COLUMNS)
-    _write(tmp_path / "images" / negbench.MCQ_FILES["coco_mcq"], header,
+    write_csv(tmp_path / "images" / negbench.MCQ_FILES["coco_mcq"], header,
            [[answer, *(c for c, _ in options), template, f"{AUTHOR}/000000000139.png"]
             for template, options, answer in MCQ])
-    _write(tmp_path / negbench.MCQ_FILES["voc2007_mcq"], header,  # at <root>/, not <root>/images/: both are read
+    write_csv(tmp_path / negbench.MCQ_FILES["voc2007_mcq"], header,  # at <root>/, not <root>/images/: both are read
            [[answer, *(c for c, _ in options), template, "/scratch/VOCdevkit/VOC2007/JPEGImages/000001.png"]
             for template, options, answer in VOC])
     for task, rows in (("coco_retrieval", RETRIEVAL), ("coco_negated_retrieval", NEGATED)):
-        _write(tmp_path / "images" / negbench.RETRIEVAL_FILES[task], ["filepath", "captions"],
+        write_csv(tmp_path / "images" / negbench.RETRIEVAL_FILES[task], ["filepath", "captions"],
                [[f"{AUTHOR}/{name.replace('.jpg', '.png')}", repr(caps)] for name, caps in rows])
     return tmp_path
 
@@ -127,7 +118,7 @@ def test_cli_runs_every_present_task_with_blind_baselines_on_mcq_only(root):
 
 
 def _bad(root, rows, header=None):
-    _write(root / "images" / negbench.MCQ_FILES["coco_mcq"], header or list(negbench.MCQ_COLUMNS), rows)
+    write_csv(root / "images" / negbench.MCQ_FILES["coco_mcq"], header or list(negbench.MCQ_COLUMNS), rows)
     with pytest.raises(EvalDataError) as err:
         negbench.load_mcq(root, "coco_mcq")
     return str(err.value)
@@ -142,7 +133,7 @@ def test_bad_input_names_file_line_and_what_was_expected(root, tmp_path):
     assert "line 2: column 'caption_2' is empty" in _bad(root, [[*good[:3], "", *good[4:]]])
     message = _bad(root, [[*good[:6], "/elsewhere/val2017/missing.png"]])
     assert "line 2: image '/elsewhere/val2017/missing.png' was not found" in message
-    _write(root / "images" / negbench.RETRIEVAL_FILES["coco_retrieval"], ["filepath", "captions"],
+    write_csv(root / "images" / negbench.RETRIEVAL_FILES["coco_retrieval"], ["filepath", "captions"],
            [[f"{AUTHOR}/a.png", "a dog"]])
     with pytest.raises(EvalDataError, match=r"line 2: column 'captions' must hold a Python list"):
         negbench.load_retrieval(root, "coco_retrieval")
