@@ -154,6 +154,17 @@ def data_missing(benchmark: str, missing: str, expected: str, fetch: Optional[st
     return EvalDataError(f"{benchmark}: {missing}; expected {expected}. {how}")
 
 
+def chosen_subsets(subsets: Optional[Sequence[str]], present: Sequence[str], benchmark: str, missing: str,
+                   layout: str, root) -> Sequence[str]:
+    """``subsets`` when given, else those ``present`` under ``root``; none present is ``data_missing`` (``missing``
+    says what was looked for, ``layout`` what is expected, and the fetch command for ``benchmark`` follows)."""
+    if subsets is not None:
+        return subsets
+    if not present:
+        raise data_missing(benchmark, missing, layout, fetch=benchmark, root=root)
+    return present
+
+
 def read_jsonl(path) -> Iterator[Tuple[int, object]]:
     """``(line number, parsed value)`` for each non-blank line of the JSON Lines file ``path`` (a UTF-8 byte-order
     mark is accepted); a line that is not JSON is an EvalDataError naming the file and line."""

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .aro import first_argmax_decisions
-from .items import (EvalDataError, ImageRef, Item, data_missing, existing_image, json_type, query_candidates,
+from .items import (EvalDataError, ImageRef, Item, chosen_subsets, existing_image, json_type, query_candidates,
                     read_json, require_file)
 
 NAME = "spec"
@@ -93,10 +93,8 @@ def load_file(root, subset: str, direction: str) -> List[Item]:
 
 def load(root, subsets: Optional[Sequence[str]] = None, directions: Sequence[str] = tuple(FILES)) -> List[Item]:
     """Items of ``subsets`` × ``directions`` (default subsets: those whose two files are present; an error if none)."""
-    if subsets is None:
-        subsets = present_subsets(root)
-        if not subsets:
-            raise data_missing(NAME, f"no subset folder with both files under {root}", LAYOUT, fetch=NAME, root=root)
+    subsets = chosen_subsets(subsets, present_subsets(root), NAME, f"no subset folder with both files under {root}",
+                             LAYOUT, root)
     return [it for s in subsets for d in directions for it in load_file(root, s, d)]
 
 

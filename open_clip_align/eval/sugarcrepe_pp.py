@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .items import EvalDataError, Item, data_missing, existing_image, read_json, require_file, text_field
+from .items import EvalDataError, Item, chosen_subsets, existing_image, read_json, require_file, text_field
 from .scoring import pairwise_decisions
 from .sugarcrepe import bag_of_words
 
@@ -89,10 +89,8 @@ def load_subset(root, subset: str) -> List[Item]:
 
 def load(root, subsets: Optional[Sequence[str]] = None) -> List[Item]:
     """Items of ``subsets`` (default: every subset whose file is present; an error naming the layout if none)."""
-    if subsets is None:
-        subsets = present_subsets(root)
-        if not subsets:
-            raise data_missing(NAME, f"no subset file under {Path(root) / 'data'}", LAYOUT, fetch=NAME, root=root)
+    subsets = chosen_subsets(subsets, present_subsets(root), NAME, f"no subset file under {Path(root) / 'data'}",
+                             LAYOUT, root)
     return [it for s in subsets for it in load_subset(root, s)]
 
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .aro import first_argmax_decisions
-from .items import EvalDataError, Item, data_missing, existing_image, json_type, read_json, require_file
+from .items import EvalDataError, Item, chosen_subsets, existing_image, json_type, read_json, require_file
 
 NAME = "whatsup"
 SUBSETS = {  # ours -> (annotation file, image folder, official dataset name)
@@ -135,10 +135,7 @@ def load_subset(root, subset: str) -> List[Item]:
 
 def load(root, subsets: Optional[Sequence[str]] = None) -> List[Item]:
     """Items of ``subsets`` (default: every subset whose annotation file is present; an error if none is)."""
-    if subsets is None:
-        subsets = present_subsets(root)
-        if not subsets:
-            raise data_missing(NAME, f"no annotation file under {root}", LAYOUT, fetch=NAME, root=root)
+    subsets = chosen_subsets(subsets, present_subsets(root), NAME, f"no annotation file under {root}", LAYOUT, root)
     return [it for s in subsets for it in load_subset(root, s)]
 
 
