@@ -11,7 +11,8 @@
 2. Webdataset throughput (one epoch through the loader, workers 0): open_clip_train's ``get_wds_dataset`` (image
    + 1 caption) against our ``--hardneg-format wds`` loader with the per-sample tokenizer (before) and with
    ``CachedTokenizer`` in the collation (now: one tokenizer call per batch for the captions not cached), cold
-   (a fresh cache per epoch: real data, whose captions rarely recur) and warm (every caption cached).
+   (a fresh cache per epoch: real data, whose captions rarely recur) and warm (every caption cached); the cold
+   one also without ``ascii_fast_path``, to show what the shortcut buys.
 3. One optimizer step (forward, backward, AdamW) at equal batch: ``--loss negclip`` with K negatives vs
    ``--loss clip`` (open_clip's ClipLoss) on the same model config.
 
@@ -155,6 +156,14 @@ def bench_dataset(data_dir: Path, k: int, n: int, batch: int, rounds: int, prepr
                 len(ours) / (baseline_build_s + len(ours) / base_rate))}
 
 
+def _without_shortcut(tokenizer) -> CachedTokenizer:
+    """``CachedTokenizer`` calling open_clip's tokenizer as it is (``ascii_fast_path`` undone): the arm that shows
+    what the shortcut buys."""
+    cache = CachedTokenizer(tokenizer)
+    cache.tokenizer = tokenizer
+    return cache
+
+
 def bench_wds(data_dir: Path, k: int, n: int, batch: int, rounds: int, preprocess, tokenizer) -> dict:
     """Section 2: one epoch of ShapeCrepe's shards through each loader (workers 0)."""
     shards = sorted(str(p) for p in (data_dir / "train-wds").glob("shard-*.tar"))
@@ -174,6 +183,7 @@ def bench_wds(data_dir: Path, k: int, n: int, batch: int, rounds: int, preproces
         return run
 
     arms = {BASELINE: epoch(theirs), "per-sample tokenizer (before)": epoch(ours, TokenizeEach(tokenizer)),
+            "first epoch without ASCII shortcut": epoch(ours, lambda: _without_shortcut(tokenizer)),
             "batch call + LRU, first epoch (now)": epoch(ours, lambda: CachedTokenizer(tokenizer)),
             "batch call + LRU, later epochs (now)": epoch(ours, warm)}
     samples = {name: arm() for name, arm in arms.items()}

@@ -11,7 +11,7 @@ fast as open_clip's ``CsvDataset`` (one caption per sample; ``benchmarks/bench_h
   samples, every epoch on small data) are tokenized once per worker.
 
 Both tokenize through ``ascii_fast_path`` (open_clip's cleaning without ftfy for printable-ASCII captions, which
-ftfy leaves unchanged: 1.7x faster tokenizing) and give exactly the token ids of calling the tokenizer on
+ftfy leaves unchanged) and give exactly the token ids of calling the tokenizer on
 ``[caption, *negatives]``: open_clip's tokenizers
 pad every caption to the context length on its own (``tests/test_hardneg_data.py`` compares every sample).
 A None negative (an invalid one) and the rows past the selected negatives stay all-zero, for the losses to mask.
