@@ -132,3 +132,10 @@ def test_a_failing_run_stops_the_runs_beside_it():
     with pytest.raises(SystemExit):
         quickstart.run_all([lambda: slow, lambda: failing], parallel=2)
     assert slow.proc.returncode == -15  # SIGTERM, not left training unwatched
+
+
+@pytest.mark.parametrize("flag, value", [("--parallel", "0"), ("--threads", "0"), ("--workers", "-1")])
+def test_counts_below_their_minimum_are_refused(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _module().main([flag, value])
+    assert stop.value.code == 2 and f"{flag} must be at least" in capsys.readouterr().err
